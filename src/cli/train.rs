@@ -1,0 +1,279 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use shopdesk::nlu::data::{DataSpec, Format};
+use shopdesk::nlu::head::{head_dir, Arch, Head, TrainConfig};
+use shopdesk::nlu::train::{self as nlu_train, DataSource, EvalOptions, TrainOptions};
+use shopdesk::nlu::{hub, Encoder};
+
+use super::{progress_bar, Settings};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Task {
+    Intent,
+    Sentiment,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Intent => "intent",
+            Task::Sentiment => "sentiment",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum HeadArg {
+    Linear,
+    Mlp,
+}
+
+/// How to read data files given without a preset.
+#[derive(Args, Debug, Clone)]
+pub struct ColumnArgs {
+    /// Text column; `a|b` takes the first present, `a+b` joins them.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Label column.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Map raw labels: `1=negative,2=negative,3=-` (`-` drops the row).
+    #[arg(long)]
+    label_map: Option<String>,
+    /// File format (default: from the extension).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+impl ColumnArgs {
+    fn spec(&self) -> Result<DataSpec> {
+        let mut s = DataSpec::new(&self.text_column, &self.label_column);
+        if let Some(m) = &self.label_map {
+            s = s.with_label_map(m)?;
+        }
+        s.format = self.format;
+        Ok(s)
+    }
+}
+
+fn sources(args: &[String], cols: &ColumnArgs) -> Result<Vec<DataSource>> {
+    let fallback = cols.spec()?;
+    args.iter()
+        .map(|a| DataSource::parse(a, &fallback).map_err(Into::into))
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    task: Task,
+    /// Training data, `[PRESET:]FILE`, repeatable. Presets: bitext, sst2, womens-clothing,
+    /// amazon-alexa (they set columns and label maps).
+    #[arg(long, required = true)]
+    data: Vec<String>,
+    /// Out-of-scope texts, `[PRESET:]FILE` (labels ignored), used to choose the intent threshold.
+    #[arg(long)]
+    oos_data: Vec<String>,
+    #[command(flatten)]
+    columns: ColumnArgs,
+    /// Stop at the first bad row instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of each file held out (never trained on) for `eval`.
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// Share of the rest used for early stopping and the intent threshold.
+    #[arg(long, default_value_t = 0.1)]
+    validation: f64,
+    /// Use at most this many rows per file (stratified sample).
+    #[arg(long)]
+    max_rows: Option<usize>,
+    /// Head shape (default: linear for intent, mlp for sentiment).
+    #[arg(long, value_enum)]
+    head: Option<HeadArg>,
+    /// Hidden units of the MLP head.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Weight classes by inverse frequency (default: on for sentiment).
+    #[arg(long)]
+    balanced: Option<bool>,
+    /// Output folder (default: <models-root>/heads/<task>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
+    let task = a.task.name();
+    if !(0.0..1.0).contains(&a.holdout) || !(0.0..1.0).contains(&a.validation) {
+        bail!("--holdout and --validation must be in [0, 1)");
+    }
+    let arch = match a.head {
+        Some(HeadArg::Linear) => Arch::Linear,
+        Some(HeadArg::Mlp) => Arch::Mlp { hidden: a.hidden },
+        None => nlu_train::default_arch(task),
+    };
+    let opts = TrainOptions {
+        task: task.into(),
+        data: sources(&a.data, &a.columns)?,
+        oos: sources(&a.oos_data, &a.columns)?,
+        strict: a.strict,
+        holdout: a.holdout,
+        validation: a.validation,
+        max_rows: a.max_rows,
+        head: TrainConfig {
+            arch,
+            epochs: a.epochs,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            batch_size: a.batch_size,
+            balanced: a.balanced.unwrap_or(task == "sentiment"),
+            seed: a.seed,
+            ..Default::default()
+        },
+        out_dir: a.out.unwrap_or_else(|| head_dir(&s.models_root, task)),
+        cache_dir: s.cache_dir.clone(),
+    };
+    let enc = load_encoder(s)?;
+    let bar = progress_bar(0, "embedding");
+    let mut epoch_bar: Option<indicatif::ProgressBar> = None;
+    let summary = nlu_train::train(
+        &enc,
+        &opts,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+        |r| {
+            let eb = epoch_bar.get_or_insert_with(|| {
+                bar.finish_and_clear();
+                let b = progress_bar(opts.head.epochs as u64, "training");
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg:>10} {bar:30} epoch {pos}/{len} {prefix}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            let per_sec = r.examples as f64 / eb.elapsed().as_secs_f64().max(1e-9) * r.epoch as f64;
+            eb.set_prefix(format!(
+                "loss {:.4} val {:.4} ({:.0} examples/s)",
+                r.loss, r.val_score, per_sec
+            ));
+            eb.set_position(r.epoch as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(b) = epoch_bar {
+        b.finish_and_clear();
+    }
+    for (path, b) in summary.bad_rows.iter().take(20) {
+        eprintln!("skipped {}: {b}", path.display());
+    }
+    if summary.bad_rows.len() > 20 {
+        eprintln!("... {} bad rows in all", summary.bad_rows.len());
+    }
+    let m = &summary.manifest;
+    println!(
+        "trained {task} head ({} labels, {} train / {} validation rows, {} held out) -> {}",
+        m.labels.len(),
+        m.training.train_rows,
+        m.training.validation_rows,
+        m.training.heldout_rows,
+        summary.out_dir.display()
+    );
+    for (k, v) in &m.metrics {
+        println!("  {k} {v:.4}");
+    }
+    if let Some(t) = m.threshold {
+        println!("  out-of-scope threshold {t:.4}");
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    task: Task,
+    /// Labelled data, `[PRESET:]FILE`, repeatable. A head's own training file is scored on its
+    /// held-out split only.
+    #[arg(long, required = true)]
+    data: Vec<String>,
+    /// Out-of-scope texts, `[PRESET:]FILE` (intent only).
+    #[arg(long)]
+    oos_data: Vec<String>,
+    #[command(flatten)]
+    columns: ColumnArgs,
+    /// Score every row, even of the head's training file.
+    #[arg(long)]
+    all_rows: bool,
+    /// Head folder (default: <models-root>/heads/<task>).
+    #[arg(long)]
+    head_dir: Option<PathBuf>,
+    /// Write the JSON report here (default: reports/eval-<task>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here (default: reports/eval-<task>.html).
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
+    let task = a.task.name();
+    let dir = a.head_dir.unwrap_or_else(|| head_dir(&s.models_root, task));
+    let head = Head::load(&dir, task)?;
+    let enc = load_encoder(s)?;
+    if head.manifest.encoder.finetuned_weights.is_none()
+        && head.manifest.encoder.sha256 != enc.weights_sha256()
+    {
+        bail!(
+            "head at {} was trained on another encoder ({}); retrain it with `shopdesk train {task}`",
+            dir.display(),
+            head.manifest.encoder.name
+        );
+    }
+    let opts = EvalOptions {
+        task: task.into(),
+        data: sources(&a.data, &a.columns)?,
+        oos: sources(&a.oos_data, &a.columns)?,
+        all_rows: a.all_rows,
+        cache_dir: s.cache_dir.clone(),
+    };
+    let bar = progress_bar(0, "embedding");
+    let rep = nlu_train::evaluate(&enc, &head, &opts, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    print!("{}", rep.table());
+    let json = a.json.unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.json")));
+    let html = a.html.unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.html")));
+    for p in [&json, &html] {
+        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(&rep)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&html, rep.html()).with_context(|| format!("writing {}", html.display()))?;
+    println!("wrote {} and {}", json.display(), html.display());
+    Ok(())
+}
+
+/// Loads the encoder a head would use (fine-tuned heads bring their own weights).
+pub fn load_encoder(s: &Settings) -> Result<Encoder> {
+    let files = hub::locate(&s.encoder)?;
+    let device = s.device.open()?;
+    Ok(Encoder::load(&files, &device)?)
+}

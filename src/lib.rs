@@ -1,0 +1,6 @@
+//! shopdesk: a self-hosted customer-service chatbot for online shops.
+//!
+//! One folder per capability; the binary (`src/main.rs`, `src/cli/`) maps commands onto them.
+
+pub mod config;
+pub mod nlu;

@@ -1,0 +1,466 @@
+//! Labelled text files (CSV, TSV, JSONL) for training and evaluation.
+//!
+//! Columns are named, not positional. A text column spec may list alternatives (`sentence|content`:
+//! the first present header wins) and joins (`Title+Review Text`: non-empty parts joined with
+//! ". "). Bad rows are collected with their line numbers; the caller decides to skip or stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::{NluError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Tsv,
+    Jsonl,
+}
+
+impl Format {
+    /// From the file extension (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`/`.json`).
+    pub fn from_path(p: &Path) -> Option<Format> {
+        let ext = p.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Format::Csv),
+            "tsv" | "tab" => Some(Format::Tsv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// How to read one labelled file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataSpec {
+    pub format: Option<Format>,
+    /// Text column spec: `a|b` alternatives, `a+b` joined.
+    pub text: String,
+    pub label: String,
+    /// Raw label → label. `-` drops the row (not an error). Empty map: labels are taken as is.
+    pub label_map: BTreeMap<String, String>,
+}
+
+impl DataSpec {
+    pub fn new(text: &str, label: &str) -> Self {
+        DataSpec {
+            format: None,
+            text: text.into(),
+            label: label.into(),
+            label_map: BTreeMap::new(),
+        }
+    }
+
+    /// Parses `1=negative,2=negative,3=-`.
+    pub fn with_label_map(mut self, spec: &str) -> Result<Self> {
+        for pair in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                NluError::Invalid(format!("label map entry '{pair}' is not raw=label"))
+            })?;
+            self.label_map.insert(k.trim().into(), v.trim().into());
+        }
+        Ok(self)
+    }
+
+    /// The presets for the public datasets the project is measured on.
+    pub fn preset(name: &str) -> Result<Self> {
+        const RATING3: &str = "1=negative,2=negative,3=neutral,4=positive,5=positive";
+        match name {
+            "bitext" => Ok(DataSpec::new("instruction", "intent")),
+            "sst2" => DataSpec::new("sentence|content", "label")
+                .with_label_map("0=negative,1=positive"),
+            "womens-clothing" => DataSpec::new("Title+Review Text", "Rating").with_label_map(RATING3),
+            "amazon-alexa" => DataSpec::new("verified_reviews", "rating").with_label_map(RATING3),
+            other => Err(NluError::Invalid(format!(
+                "unknown preset '{other}': expected bitext, sst2, womens-clothing or amazon-alexa"
+            ))),
+        }
+    }
+}
+
+/// One labelled text and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+    /// 1-based line in the file where the row starts.
+    pub line: u64,
+}
+
+/// A row that could not be used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadRow {
+    pub line: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// Everything read from one file.
+#[derive(Debug, Default)]
+pub struct Dataset {
+    pub examples: Vec<Example>,
+    pub bad: Vec<BadRow>,
+    /// Rows dropped on purpose by a `-` label mapping.
+    pub dropped: usize,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+enum TextCol {
+    Alternatives(Vec<String>),
+    Join(Vec<String>),
+}
+
+impl TextCol {
+    fn parse(spec: &str) -> Self {
+        if spec.contains('+') {
+            TextCol::Join(spec.split('+').map(|s| s.trim().to_string()).collect())
+        } else {
+            TextCol::Alternatives(spec.split('|').map(|s| s.trim().to_string()).collect())
+        }
+    }
+
+    /// Resolves to header positions; alternatives pick the first present.
+    fn resolve(&self, headers: &HashMap<String, usize>) -> Option<Vec<usize>> {
+        match self {
+            TextCol::Alternatives(a) => a.iter().find_map(|c| headers.get(c)).map(|&i| vec![i]),
+            TextCol::Join(j) => j.iter().map(|c| headers.get(c).copied()).collect(),
+        }
+    }
+
+    fn names(&self) -> String {
+        match self {
+            TextCol::Alternatives(a) => a.join(" or "),
+            TextCol::Join(j) => j.join(" and "),
+        }
+    }
+}
+
+fn join_parts<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    let parts: Vec<&str> = parts.map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // Keep a title's last punctuation instead of doubling it.
+            if !out.ends_with(['.', '!', '?']) {
+                out.push('.');
+            }
+            out.push(' ');
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+/// Reads a labelled file. Rows with missing or empty text, missing labels, unmapped labels or
+/// invalid UTF-8 go to `bad`; with `strict` the first one is an error instead.
+pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| NluError::io(path, e))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let format = spec
+        .format
+        .or_else(|| Format::from_path(path))
+        .ok_or_else(|| data_err(path, "cannot tell the format from the extension: pass --format"))?;
+    let text_col = TextCol::parse(&spec.text);
+    let mut ds = Dataset {
+        sha256,
+        ..Default::default()
+    };
+    let mut push = |line: u64, row: RawRow| -> Result<()> {
+        let outcome = match row {
+            Ok((text, label)) => classify_row(text, label, &spec.label_map),
+            Err(reason) => Row::Bad(reason.into()),
+        };
+        match outcome {
+            Row::Ok(text, label) => ds.examples.push(Example { text, label, line }),
+            Row::Dropped => ds.dropped += 1,
+            Row::Bad(reason) => {
+                if strict {
+                    return Err(data_err(path, &format!("line {line}: {reason} (--strict)")));
+                }
+                ds.bad.push(BadRow { line, reason });
+            }
+        }
+        Ok(())
+    };
+    match format {
+        Format::Csv | Format::Tsv => {
+            let mut rdr = csv::ReaderBuilder::new()
+                .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+                // TSV files in the wild (SST-2) use bare quotes inside text.
+                .quoting(format == Format::Csv)
+                .flexible(true)
+                .from_reader(&bytes[..]);
+            let headers: HashMap<String, usize> = rdr
+                .byte_headers()
+                .map_err(|e| data_err(path, &e.to_string()))?
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let h = String::from_utf8_lossy(h);
+                    (h.trim_start_matches('\u{feff}').trim().to_string(), i)
+                })
+                .collect();
+            let text_idx = text_col.resolve(&headers).ok_or_else(|| {
+                data_err(path, &format!("no text column {} in the header", text_col.names()))
+            })?;
+            let label_idx = *headers.get(&spec.label).ok_or_else(|| {
+                data_err(path, &format!("no label column '{}' in the header", spec.label))
+            })?;
+            for rec in rdr.byte_records() {
+                let rec = match rec {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let line = e.position().map(|p| p.line()).unwrap_or(0);
+                        push(line, Err("malformed row"))?;
+                        continue;
+                    }
+                };
+                let line = rec.position().map(|p| p.line()).unwrap_or(0);
+                let field = |i: usize| -> Option<std::result::Result<&str, ()>> {
+                    rec.get(i).map(|b| std::str::from_utf8(b).map_err(|_| ()))
+                };
+                let mut texts = Vec::new();
+                let mut utf8_ok = true;
+                let mut missing = false;
+                for &i in &text_idx {
+                    match field(i) {
+                        Some(Ok(s)) => texts.push(s),
+                        Some(Err(())) => utf8_ok = false,
+                        None => missing = true,
+                    }
+                }
+                if !utf8_ok {
+                    push(line, Err("invalid UTF-8"))?;
+                    continue;
+                }
+                let text = (!missing).then(|| join_parts(texts.into_iter()));
+                let label = match field(label_idx) {
+                    Some(Ok(s)) => Some(s.trim().to_string()),
+                    Some(Err(())) => {
+                        push(line, Err("invalid UTF-8"))?;
+                        continue;
+                    }
+                    None => None,
+                };
+                push(line, Ok((text, label)))?;
+            }
+        }
+        Format::Jsonl => {
+            let reader = BufReader::new(&bytes[..]);
+            for (n, line) in reader.split(b'\n').enumerate() {
+                let lineno = n as u64 + 1;
+                let raw = line.map_err(|e| NluError::io(path, e))?;
+                let Ok(s) = std::str::from_utf8(&raw) else {
+                    push(lineno, Err("invalid UTF-8"))?;
+                    continue;
+                };
+                if s.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = match serde_json::from_str(s) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        push(lineno, Err("not a JSON object"))?;
+                        continue;
+                    }
+                };
+                let get = |k: &str| -> Option<String> {
+                    match v.get(k)? {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Null => None,
+                        other => Some(other.to_string()),
+                    }
+                };
+                let text = match &text_col {
+                    TextCol::Alternatives(a) => a.iter().find_map(|c| get(c)),
+                    TextCol::Join(j) => {
+                        let parts: Vec<String> = j.iter().filter_map(|c| get(c)).collect();
+                        (!parts.is_empty()).then(|| join_parts(parts.iter().map(|s| s.as_str())))
+                    }
+                };
+                push(lineno, Ok((text, get(&spec.label))))?;
+            }
+        }
+    }
+    Ok(ds)
+}
+
+/// A row as read: (text, label), or why it could not be read at all.
+type RawRow = std::result::Result<(Option<String>, Option<String>), &'static str>;
+
+enum Row {
+    Ok(String, String),
+    Dropped,
+    Bad(String),
+}
+
+fn classify_row(
+    text: Option<String>,
+    label: Option<String>,
+    map: &BTreeMap<String, String>,
+) -> Row {
+    let Some(text) = text else {
+        return Row::Bad("text column missing".into());
+    };
+    let text = text.trim().to_string();
+    let Some(label) = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty()) else {
+        return Row::Bad("label missing".into());
+    };
+    let label = if map.is_empty() {
+        label
+    } else {
+        match map.get(&label) {
+            Some(m) if m == "-" => return Row::Dropped,
+            Some(m) => m.clone(),
+            None => return Row::Bad(format!("label '{label}' is not in the label map")),
+        }
+    };
+    if text.is_empty() {
+        return Row::Bad("empty text".into());
+    }
+    Row::Ok(text, label)
+}
+
+fn data_err(path: &Path, reason: &str) -> NluError {
+    NluError::Data {
+        path: PathBuf::from(path),
+        reason: reason.into(),
+    }
+}
+
+/// Splits into (kept, held out) with `frac` of each label held out, deterministically for a
+/// seed. Labels with a single example stay in `kept`.
+pub fn stratified_split(examples: &[Example], frac: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        by_label.entry(e.label.as_str()).or_default().push(i);
+    }
+    let mut held = vec![false; examples.len()];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for idx in by_label.values_mut() {
+        rng.shuffle(idx);
+        let n = ((idx.len() as f64) * frac).round() as usize;
+        let n = n.min(idx.len().saturating_sub(1));
+        for &i in idx.iter().take(n) {
+            held[i] = true;
+        }
+    }
+    let mut kept = Vec::new();
+    let mut out = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        if held[i] {
+            out.push(e.clone());
+        } else {
+            kept.push(e.clone());
+        }
+    }
+    (kept, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(name);
+        File::create(&p)
+            .and_then(|mut f| f.write_all(content))
+            .expect("write");
+        (dir, p)
+    }
+
+    #[test]
+    fn csv_bad_rows_are_reported_with_line_numbers() {
+        let (_d, p) = write(
+            "d.csv",
+            b"text,label\nhello,greet\n,greet\n\"multi\nline\",bye\nok,\nbad \xff utf8,x\n",
+        );
+        let ds = read(&p, &DataSpec::new("text", "label"), false).expect("read");
+        assert_eq!(ds.examples.len(), 2);
+        assert_eq!(ds.examples[1].text, "multi\nline");
+        assert_eq!(ds.examples[1].line, 4);
+        let bad: Vec<(u64, &str)> = ds.bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
+        assert_eq!(
+            bad,
+            vec![(3, "empty text"), (6, "label missing"), (7, "invalid UTF-8")]
+        );
+    }
+
+    #[test]
+    fn strict_stops_at_the_first_bad_row() {
+        let (_d, p) = write("d.csv", b"text,label\nhello,greet\n,greet\n");
+        let err = read(&p, &DataSpec::new("text", "label"), true).expect_err("strict");
+        assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn tsv_with_bom_quotes_and_label_map() {
+        let (_d, p) = write(
+            "d.tsv",
+            "\u{feff}rating\tverified_reviews\n5\t\"Great\" speaker\n3\tmeh\n1\tawful\n9\tweird\n"
+                .as_bytes(),
+        );
+        let spec = DataSpec::new("verified_reviews", "rating")
+            .with_label_map("1=negative,3=-,5=positive")
+            .expect("map");
+        let ds = read(&p, &spec, false).expect("read");
+        let got: Vec<(&str, &str)> = ds
+            .examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.label.as_str()))
+            .collect();
+        assert_eq!(got, vec![("\"Great\" speaker", "positive"), ("awful", "negative")]);
+        assert_eq!(ds.dropped, 1);
+        assert_eq!(ds.bad.len(), 1);
+        assert_eq!(ds.bad[0].line, 5);
+    }
+
+    #[test]
+    fn jsonl_alternatives_and_joins() {
+        let (_d, p) = write(
+            "d.jsonl",
+            b"{\"title\":\"Nice\",\"body\":\"fits well\",\"y\":1}\n\nnot json\n{\"body\":\"ok\",\"y\":\"a\"}\n",
+        );
+        let ds = read(&p, &DataSpec::new("title+body", "y"), false).expect("read");
+        assert_eq!(ds.examples[0].text, "Nice. fits well");
+        assert_eq!(ds.examples[0].label, "1");
+        assert_eq!(ds.examples[1].text, "ok");
+        assert_eq!(ds.bad.len(), 1);
+        assert_eq!(ds.bad[0].line, 3);
+    }
+
+    #[test]
+    fn stratified_split_is_deterministic_and_stratified() {
+        let ex: Vec<Example> = (0..100)
+            .map(|i| Example {
+                text: format!("t{i}"),
+                label: if i % 4 == 0 { "a".into() } else { "b".into() },
+                line: i,
+            })
+            .collect();
+        let (k1, h1) = stratified_split(&ex, 0.2, 7);
+        let (k2, h2) = stratified_split(&ex, 0.2, 7);
+        assert_eq!(h1, h2);
+        assert_eq!(k1, k2);
+        assert_eq!(h1.len(), 20);
+        assert_eq!(h1.iter().filter(|e| e.label == "a").count(), 5);
+        let (_, h3) = stratified_split(&ex, 0.2, 8);
+        assert_ne!(h1, h3);
+    }
+}

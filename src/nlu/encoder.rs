@@ -1,0 +1,251 @@
+//! Text → sentence embedding: tokenizer, BERT, mean pooling, L2 normalisation.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::Config;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use super::bert::{mean_pool_normalize, Bert};
+use super::error::{NluError, Result};
+use super::hub::EncoderFiles;
+
+/// Longest input the encoder sees, in tokens, when the model folder does not say
+/// (sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2 is 256).
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// Tuning of how a call's texts are cut into forward passes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most padded tokens (batch × longest) in one forward pass.
+    pub max_tokens: usize,
+    /// Most texts in one forward pass.
+    pub max_batch: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_tokens: 4096,
+            max_batch: 64,
+        }
+    }
+}
+
+/// A loaded sentence encoder. Not `Sync` in spirit: one thread (the NLU worker) owns it.
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    model: Bert,
+    name: String,
+    weights_sha256: String,
+    max_tokens: usize,
+    pub limits: BatchLimits,
+}
+
+/// A tokenized text, kept so a worker can plan batches by length before running the model.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+impl Encoder {
+    pub fn load(files: &EncoderFiles, device: &Device) -> Result<Self> {
+        let cfg_text = std::fs::read_to_string(&files.config)
+            .map_err(|e| NluError::io(&files.config, e))?;
+        let cfg: Config = serde_json::from_str(&cfg_text).map_err(|e| NluError::ModelCorrupt {
+            path: files.config.clone(),
+            reason: e.to_string(),
+        })?;
+        let max_tokens = files
+            .st_config
+            .as_deref()
+            .and_then(read_max_seq_length)
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(cfg.max_position_embeddings);
+        let mut tokenizer =
+            Tokenizer::from_file(&files.tokenizer).map_err(|e| NluError::ModelCorrupt {
+                path: files.tokenizer.clone(),
+                reason: e.to_string(),
+            })?;
+        // The shipped tokenizer.json pads every input to 128 tokens: a 13-token chat message
+        // would cost ten times the work. Pad to the batch's longest member instead.
+        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token: "[PAD]".into(),
+            ..Default::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| NluError::Tokenizer(e.to_string()))?;
+        // Safety of mmap: the file is not modified while we run (fetch writes via rename).
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device)
+        }
+        .map_err(|e| NluError::ModelCorrupt {
+            path: files.weights.clone(),
+            reason: e.to_string(),
+        })?;
+        let model = Bert::load(vb, &cfg).map_err(|e| NluError::ModelCorrupt {
+            path: files.weights.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Encoder {
+            tokenizer,
+            model,
+            name: files.name.clone(),
+            weights_sha256: files.weights_sha256.clone(),
+            max_tokens,
+            limits: BatchLimits::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
+    pub fn dim(&self) -> usize {
+        self.model.hidden_size()
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// Tokenizes without padding (each text its own length, truncated).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
+        texts
+            .iter()
+            .map(|t| {
+                let enc = self
+                    .tokenizer
+                    .encode(*t, true)
+                    .map_err(|e| NluError::Tokenizer(e.to_string()))?;
+                Ok(Tokens {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Embeds texts; returns one L2-normalised vector per text, in order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let toks = self.tokenize(texts)?;
+        self.embed_tokens(&toks)
+    }
+
+    /// Embeds pre-tokenized texts. Texts are sorted by length and cut into forward passes under
+    /// the batch limits, so each pass pads only to its own longest member.
+    pub fn embed_tokens(&self, toks: &[Tokens]) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..toks.len()).collect();
+        order.sort_by_key(|&i| toks[i].ids.len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); toks.len()];
+        for chunk in plan_batches(&order, |i| toks[i].ids.len(), self.limits) {
+            let batch: Vec<&Tokens> = chunk.iter().map(|&i| &toks[i]).collect();
+            let vecs = self.forward_padded(&batch)?;
+            for (&i, v) in chunk.iter().zip(vecs) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over texts padded to the longest of them.
+    fn forward_padded(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>> {
+        let b = batch.len();
+        let t = batch.iter().map(|x| x.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; b * t];
+        let mut type_ids = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (r, tk) in batch.iter().enumerate() {
+            let n = tk.ids.len();
+            ids[r * t..r * t + n].copy_from_slice(&tk.ids);
+            type_ids[r * t..r * t + n].copy_from_slice(&tk.type_ids);
+            mask[r * t..r * t + n].iter_mut().for_each(|m| *m = 1);
+        }
+        let dev = self.model.device();
+        let ids = Tensor::from_vec(ids, (b, t), dev)?;
+        let type_ids = Tensor::from_vec(type_ids, (b, t), dev)?;
+        let mask = Tensor::from_vec(mask, (b, t), dev)?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let pooled = mean_pool_normalize(&hidden, &mask)?;
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+/// Cuts `order` (indices sorted by length) into consecutive runs that respect the limits.
+pub fn plan_batches(
+    order: &[usize],
+    len: impl Fn(usize) -> usize,
+    limits: BatchLimits,
+) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for &i in order {
+        let l = len(i).max(1);
+        let new_longest = longest.max(l);
+        if !cur.is_empty()
+            && ((cur.len() + 1) * new_longest > limits.max_tokens || cur.len() >= limits.max_batch)
+        {
+            out.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        longest = longest.max(l);
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn read_max_seq_length(p: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(p).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_token_budget_and_size() {
+        let lens = [3, 5, 8, 8, 20, 40];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let limits = BatchLimits {
+            max_tokens: 40,
+            max_batch: 3,
+        };
+        let plan = plan_batches(&order, |i| lens[i], limits);
+        let flat: Vec<usize> = plan.iter().flatten().copied().collect();
+        assert_eq!(flat, order, "every text exactly once, in order");
+        for chunk in &plan {
+            let longest = chunk.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            assert!(chunk.len() <= 3);
+            assert!(chunk.len() == 1 || chunk.len() * longest <= 40, "{chunk:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_text_gets_its_own_batch() {
+        let plan = plan_batches(&[0, 1], |i| [10, 1000][i], BatchLimits::default());
+        assert_eq!(plan, vec![vec![0], vec![1]]);
+    }
+}

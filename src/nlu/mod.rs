@@ -1,0 +1,210 @@
+//! `nlu` owns the sentence encoder (candle BERT) and the classification heads (intent, sentiment).
+//!
+//! The public face is [`Nlu`]: start it once, then `classify`/`embed` from async code. All model
+//! work happens on the worker thread described in [`worker`].
+
+pub mod bert;
+pub mod data;
+pub mod device;
+pub mod encoder;
+pub mod error;
+pub mod head;
+pub mod hub;
+pub mod metrics;
+pub mod train;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+pub use device::DeviceSpec;
+pub use encoder::{BatchLimits, Encoder};
+pub use error::NluError;
+pub use hub::{EncoderSource, DEFAULT_ENCODER};
+
+use error::Result;
+use head::Head;
+use worker::{Command, HeadSlot, Worker, WorkerStats};
+
+/// One label with its confidence.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Prediction {
+    pub label: String,
+    pub confidence: f32,
+    /// Intent only: the top probability is below the head's threshold.
+    pub out_of_scope: bool,
+    /// Every label's probability, in the head's label order.
+    #[serde(skip)]
+    pub probs: Vec<(String, f32)>,
+}
+
+/// What the NLU says about one text.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Classification {
+    pub intent: Option<Prediction>,
+    pub sentiment: Option<Prediction>,
+    /// Time the request waited in the worker's queue.
+    pub queue_ms: f64,
+    /// Time of the batch it ran in.
+    pub compute_ms: f64,
+}
+
+/// How to start the NLU.
+#[derive(Debug, Clone)]
+pub struct NluConfig {
+    pub encoder: EncoderSource,
+    pub device: DeviceSpec,
+    /// Folder holding `heads/intent` and `heads/sentiment`.
+    pub models_root: PathBuf,
+    /// Load the intent head (an error if missing).
+    pub intent: bool,
+    /// Load the sentiment head (an error if missing).
+    pub sentiment: bool,
+    /// Most queued requests before callers get `Overloaded`.
+    pub queue_capacity: usize,
+    pub limits: BatchLimits,
+}
+
+impl NluConfig {
+    pub fn new(encoder: EncoderSource, models_root: impl Into<PathBuf>) -> Self {
+        NluConfig {
+            encoder,
+            device: DeviceSpec::Cpu,
+            models_root: models_root.into(),
+            intent: true,
+            sentiment: true,
+            queue_capacity: 1024,
+            limits: BatchLimits::default(),
+        }
+    }
+}
+
+/// Facts about the loaded models, readable without asking the worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct NluInfo {
+    pub encoder: String,
+    pub encoder_sha256: String,
+    pub device: String,
+    pub dim: usize,
+    pub intent_labels: Vec<String>,
+    pub sentiment_labels: Vec<String>,
+    pub intent_threshold: Option<f32>,
+}
+
+/// Handle to the NLU worker. Cheap to clone; the worker stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Nlu {
+    tx: SyncSender<Command>,
+    info: Arc<NluInfo>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Nlu {
+    /// Loads the encoder and heads and starts the worker thread. Blocking (it reads ~90 MB):
+    /// call it before the async runtime serves requests, or from `spawn_blocking`.
+    pub fn start(cfg: NluConfig) -> Result<Nlu> {
+        let device = cfg.device.open()?;
+        let files = hub::locate(&cfg.encoder)?;
+        let mut base = Encoder::load(&files, &device)?;
+        base.limits = cfg.limits;
+        let mut encoders = vec![base];
+        let mut load_slot = |task: &str, wanted: bool| -> Result<Option<HeadSlot>> {
+            if !wanted {
+                return Ok(None);
+            }
+            let dir = head::head_dir(&cfg.models_root, task);
+            let head = Head::load(&dir, task)?;
+            let encoder = train::encoder_for_head(&head, &dir, &mut encoders, &files, &device)?;
+            Ok(Some(HeadSlot { head, encoder }))
+        };
+        let intent = load_slot("intent", cfg.intent)?;
+        let sentiment = load_slot("sentiment", cfg.sentiment)?;
+        let labels = |s: &Option<HeadSlot>| {
+            s.as_ref()
+                .map(|s| s.head.manifest.labels.clone())
+                .unwrap_or_default()
+        };
+        let info = NluInfo {
+            encoder: files.name.clone(),
+            encoder_sha256: files.weights_sha256.clone(),
+            device: format!("{:?}", device.location()),
+            dim: encoders[0].dim(),
+            intent_labels: labels(&intent),
+            sentiment_labels: labels(&sentiment),
+            intent_threshold: intent.as_ref().and_then(|s| s.head.manifest.threshold),
+        };
+        let stats = Arc::new(WorkerStats::default());
+        let worker = Worker {
+            encoders,
+            intent,
+            sentiment,
+            max_batch_tokens: cfg.limits.max_tokens * 4,
+            stats: stats.clone(),
+        };
+        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+        std::thread::Builder::new()
+            .name("nlu-worker".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| NluError::Invalid(format!("cannot start the NLU worker: {e}")))?;
+        Ok(Nlu {
+            tx,
+            info: Arc::new(info),
+            stats,
+        })
+    }
+
+    pub fn info(&self) -> &NluInfo {
+        &self.info
+    }
+
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => NluError::Overloaded,
+            TrySendError::Disconnected(_) => NluError::WorkerGone,
+        })
+    }
+
+    /// Intent and sentiment of each text.
+    pub async fn classify(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Classify {
+            texts,
+            span: tracing::Span::current(),
+            enqueued: Instant::now(),
+            reply,
+        })?;
+        rx.await.map_err(|_| NluError::WorkerGone)?
+    }
+
+    /// Sentence embeddings (L2-normalised) from the base encoder.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Embed {
+            texts,
+            span: tracing::Span::current(),
+            reply,
+        })?;
+        rx.await.map_err(|_| NluError::WorkerGone)?
+    }
+
+    /// `classify` for callers outside an async runtime (the CLI).
+    pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Classify {
+            texts,
+            span: tracing::Span::current(),
+            enqueued: Instant::now(),
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| NluError::WorkerGone)?
+    }
+}

@@ -1,0 +1,510 @@
+//! Training and evaluating heads: data files → embeddings (cached) → head → manifest / report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::data::{self, DataSpec, Example};
+use super::encoder::Encoder;
+use super::error::{NluError, Result};
+use super::head::{self, Arch, EncoderRef, Head, Manifest, Split, TrainConfig, TrainingRecord};
+use super::hub::{self, EncoderFiles};
+use super::metrics::{self, BinaryMetrics, Report};
+use super::worker::predict;
+
+/// Label given to out-of-scope rows in intent reports.
+pub const OOS_LABEL: &str = "out_of_scope";
+
+/// One input file and how to read it.
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    pub path: PathBuf,
+    pub spec: DataSpec,
+}
+
+impl DataSource {
+    /// Parses `[PRESET:]FILE`; without a preset, `fallback` says how to read the file.
+    pub fn parse(arg: &str, fallback: &DataSpec) -> Result<DataSource> {
+        if let Some((preset, file)) = arg.split_once(':') {
+            if let Ok(spec) = DataSpec::preset(preset) {
+                return Ok(DataSource {
+                    path: file.into(),
+                    spec,
+                });
+            }
+        }
+        Ok(DataSource {
+            path: arg.into(),
+            spec: fallback.clone(),
+        })
+    }
+}
+
+/// Options of `shopdesk train`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub task: String,
+    pub data: Vec<DataSource>,
+    /// Texts that are out of scope (labels ignored), used to choose the intent threshold.
+    pub oos: Vec<DataSource>,
+    pub strict: bool,
+    /// Share of each file held out for `eval` (never trained on).
+    pub holdout: f64,
+    /// Share of the rest used for early stopping and the threshold.
+    pub validation: f64,
+    /// Use at most this many rows per file (stratified), for quick runs.
+    pub max_rows: Option<usize>,
+    pub head: TrainConfig,
+    pub out_dir: PathBuf,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What `train` reports back.
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub manifest: Manifest,
+    pub bad_rows: Vec<(PathBuf, data::BadRow)>,
+    pub out_dir: PathBuf,
+}
+
+/// Reads every source, applies `max_rows`, and splits off the held-out part of each file.
+/// Returns (kept, held out, bad rows, file hashes).
+pub fn load_sources(
+    sources: &[DataSource],
+    strict: bool,
+    holdout: f64,
+    max_rows: Option<usize>,
+    seed: u64,
+) -> Result<(Vec<Example>, Vec<Example>, Vec<(PathBuf, data::BadRow)>, Vec<String>)> {
+    let mut kept = Vec::new();
+    let mut held = Vec::new();
+    let mut bad = Vec::new();
+    let mut hashes = Vec::new();
+    for src in sources {
+        let ds = data::read(&src.path, &src.spec, strict)?;
+        hashes.push(ds.sha256.clone());
+        bad.extend(ds.bad.into_iter().map(|b| (src.path.clone(), b)));
+        let (k, h) = if holdout > 0.0 {
+            data::stratified_split(&ds.examples, holdout, seed)
+        } else {
+            (ds.examples, Vec::new())
+        };
+        let k = subsample(k, max_rows, seed);
+        kept.extend(k);
+        held.extend(h);
+    }
+    Ok((kept, held, bad, hashes))
+}
+
+fn subsample(ex: Vec<Example>, max_rows: Option<usize>, seed: u64) -> Vec<Example> {
+    match max_rows {
+        Some(m) if ex.len() > m => {
+            let frac = 1.0 - m as f64 / ex.len() as f64;
+            data::stratified_split(&ex, frac, seed ^ 0x5eed).0
+        }
+        _ => ex,
+    }
+}
+
+/// Embeds texts, reusing a cache keyed by the encoder's checksum and the exact texts.
+pub fn embed_cached(
+    enc: &Encoder,
+    texts: &[&str],
+    cache_dir: Option<&Path>,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
+    let key = {
+        let mut h = Sha256::new();
+        h.update(enc.weights_sha256().as_bytes());
+        h.update(enc.max_tokens().to_le_bytes());
+        for t in texts {
+            h.update(t.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(h.finalize())
+    };
+    let path = cache_dir.map(|d| d.join(format!("features-{}.safetensors", &key[..32])));
+    if let Some(p) = &path {
+        if let Ok(map) = candle_core::safetensors::load(p, &Device::Cpu) {
+            if let Some(t) = map.get("x") {
+                if let Ok(v) = t.to_vec2::<f32>() {
+                    if v.len() == texts.len() {
+                        progress(texts.len());
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    // Chunks keep the progress bar moving; the encoder batches by length inside each chunk.
+    for chunk in texts.chunks(512) {
+        out.extend(enc.embed(chunk)?);
+        progress(chunk.len());
+    }
+    if let Some(p) = &path {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let flat: Vec<f32> = out.iter().flat_map(|v| v.iter().copied()).collect();
+        if let Ok(t) = Tensor::from_vec(flat, (out.len(), enc.dim()), &Device::Cpu) {
+            let _ = candle_core::safetensors::save(&BTreeMap::from([("x".to_string(), t)]).into_iter().collect(), p);
+        }
+    }
+    Ok(out)
+}
+
+fn label_index(labels: &[String]) -> BTreeMap<&str, usize> {
+    labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect()
+}
+
+/// Trains a head for `opts.task` on top of `enc` and saves it in `opts.out_dir`.
+pub fn train(
+    enc: &Encoder,
+    opts: &TrainOptions,
+    mut on_embed: impl FnMut(usize, usize),
+    on_epoch: impl FnMut(head::EpochReport),
+) -> Result<TrainSummary> {
+    let seed = opts.head.seed;
+    let (kept, held, bad, hashes) =
+        load_sources(&opts.data, opts.strict, opts.holdout, opts.max_rows, seed)?;
+    if kept.is_empty() {
+        return Err(NluError::Invalid("no usable training rows".into()));
+    }
+    let (train_ex, val_ex) = if opts.validation > 0.0 {
+        data::stratified_split(&kept, opts.validation, seed.wrapping_add(1))
+    } else {
+        (kept, Vec::new())
+    };
+    let labels: Vec<String> = {
+        let set: std::collections::BTreeSet<&str> =
+            train_ex.iter().map(|e| e.label.as_str()).collect();
+        ordered_labels(set.into_iter().collect())
+    };
+    if labels.len() < 2 {
+        return Err(NluError::Invalid(format!(
+            "need at least two labels to train, found {labels:?}"
+        )));
+    }
+    let idx = label_index(&labels);
+    let oos_texts: Vec<String> = {
+        let mut v = Vec::new();
+        for src in &opts.oos {
+            let ds = data::read(&src.path, &src.spec, false)?;
+            v.extend(ds.examples.into_iter().map(|e| e.text));
+        }
+        v
+    };
+    let total = train_ex.len() + val_ex.len() + oos_texts.len();
+    let mut done = 0;
+    let mut embed = |ex: Vec<&str>| -> Result<Vec<Vec<f32>>> {
+        embed_cached(enc, &ex, opts.cache_dir.as_deref(), |n| {
+            done += n;
+            on_embed(done, total);
+        })
+    };
+    let x_train = embed(train_ex.iter().map(|e| e.text.as_str()).collect())?;
+    let x_val = embed(val_ex.iter().map(|e| e.text.as_str()).collect())?;
+    let x_oos = embed(oos_texts.iter().map(|s| s.as_str()).collect())?;
+    let y_train: Vec<usize> = train_ex.iter().map(|e| idx[e.label.as_str()]).collect();
+    // Validation rows whose label never occurs in training cannot be scored; drop them.
+    let (x_val, y_val): (Vec<Vec<f32>>, Vec<usize>) = x_val
+        .into_iter()
+        .zip(&val_ex)
+        .filter_map(|(x, e)| idx.get(e.label.as_str()).map(|&y| (x, y)))
+        .unzip();
+
+    let (layers, _score) = head::train(
+        Split {
+            x: &x_train,
+            y: &y_train,
+        },
+        Split {
+            x: &x_val,
+            y: &y_val,
+        },
+        enc.dim(),
+        labels.len(),
+        &opts.head,
+        on_epoch,
+    )?;
+    let mut h = Head::new(
+        Manifest {
+            task: opts.task.clone(),
+            labels: labels.clone(),
+            arch: opts.head.arch,
+            dim: enc.dim(),
+            encoder: EncoderRef {
+                name: enc.name().to_string(),
+                sha256: enc.weights_sha256().to_string(),
+                finetuned_weights: None,
+            },
+            threshold: None,
+            threshold_rule: None,
+            training: TrainingRecord {
+                data_files: opts
+                    .data
+                    .iter()
+                    .map(|d| {
+                        d.path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+                data_sha256: hashes,
+                data_spec: serde_json::to_value(
+                    opts.data.iter().map(|d| &d.spec).collect::<Vec<_>>(),
+                )
+                .unwrap_or_default(),
+                holdout: opts.holdout,
+                validation: opts.validation,
+                seed,
+                train_rows: x_train.len(),
+                validation_rows: x_val.len(),
+                heldout_rows: held.len(),
+                epochs: opts.head.epochs,
+                lr: opts.head.lr,
+                weight_decay: opts.head.weight_decay,
+                balanced: opts.head.balanced,
+                finetune: false,
+                shopdesk_version: env!("CARGO_PKG_VERSION").into(),
+            },
+            metrics: BTreeMap::new(),
+        },
+        layers,
+    );
+    // Validation metrics and, for intents, the out-of-scope threshold.
+    let val_pred = predict(&h, &x_val)?;
+    let pred_idx: Vec<usize> = val_pred.iter().map(|p| idx[p.label.as_str()]).collect();
+    let rep = Report::build(&opts.task, "validation", labels.clone(), &y_val, &pred_idx, None);
+    let mut metrics = BTreeMap::new();
+    metrics.insert("validation_accuracy".into(), rep.accuracy);
+    metrics.insert("validation_macro_f1".into(), rep.macro_f1);
+    if opts.task == "intent" {
+        let ins: Vec<(f32, bool)> = val_pred
+            .iter()
+            .zip(&pred_idx)
+            .zip(&y_val)
+            .map(|((p, pi), y)| (p.confidence, pi == y))
+            .collect();
+        let oos_conf: Vec<f32> = predict(&h, &x_oos)?.iter().map(|p| p.confidence).collect();
+        let (t, rule) = head::choose_threshold(&ins, &oos_conf);
+        h.manifest.threshold = Some(t);
+        h.manifest.threshold_rule = Some(format!(
+            "{rule} ({} in-scope, {} out-of-scope validation texts)",
+            ins.len(),
+            oos_conf.len()
+        ));
+        if !oos_conf.is_empty() {
+            let rec = oos_conf.iter().filter(|c| **c < t).count() as f64 / oos_conf.len() as f64;
+            metrics.insert("validation_oos_recall".into(), rec);
+        }
+    }
+    h.manifest.metrics = metrics;
+    h.save(&opts.out_dir)?;
+    Ok(TrainSummary {
+        manifest: h.manifest.clone(),
+        bad_rows: bad,
+        out_dir: opts.out_dir.clone(),
+    })
+}
+
+/// Sentiment labels read best in their natural order; anything else is alphabetical.
+fn ordered_labels(mut labels: Vec<&str>) -> Vec<String> {
+    const NATURAL: [&str; 3] = ["negative", "neutral", "positive"];
+    if labels.iter().all(|l| NATURAL.contains(l)) {
+        labels.sort_by_key(|l| NATURAL.iter().position(|n| n == l));
+    } else {
+        labels.sort();
+    }
+    labels.into_iter().map(String::from).collect()
+}
+
+/// Options of `shopdesk eval`.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub task: String,
+    pub data: Vec<DataSource>,
+    pub oos: Vec<DataSource>,
+    /// Evaluate every row even when the file is the head's training file.
+    pub all_rows: bool,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Evaluates a head. When a data file is one the head was trained on, only its held-out part
+/// (same seed and fraction as training) is used, so training rows are never scored.
+pub fn evaluate(
+    enc: &Encoder,
+    head: &Head,
+    opts: &EvalOptions,
+    mut on_embed: impl FnMut(usize, usize),
+) -> Result<Report> {
+    let m = &head.manifest;
+    let mut rows: Vec<Example> = Vec::new();
+    let mut notes = Vec::new();
+    for src in &opts.data {
+        let ds = data::read(&src.path, &src.spec, false)?;
+        let trained_on = m.training.data_sha256.iter().any(|h| *h == ds.sha256);
+        let name = src.path.display().to_string();
+        if trained_on && !opts.all_rows {
+            if m.training.holdout <= 0.0 {
+                return Err(NluError::Invalid(format!(
+                    "{name} is the head's training data and it was trained without a hold-out: pass --all-rows to score it anyway"
+                )));
+            }
+            let (_, held) = data::stratified_split(&ds.examples, m.training.holdout, m.training.seed);
+            notes.push(format!(
+                "{name}: held-out {:.0}% split (seed {}), {} rows never seen in training",
+                m.training.holdout * 100.0,
+                m.training.seed,
+                held.len()
+            ));
+            rows.extend(held);
+        } else {
+            notes.push(format!("{name}: all {} rows", ds.examples.len()));
+            rows.extend(ds.examples);
+        }
+    }
+    let mut oos_rows = Vec::new();
+    for src in &opts.oos {
+        let ds = data::read(&src.path, &src.spec, false)?;
+        notes.push(format!("{}: {} out-of-scope rows", src.path.display(), ds.examples.len()));
+        oos_rows.extend(ds.examples.into_iter().map(|e| e.text));
+    }
+    let is_intent = m.task == "intent";
+    let mut labels = m.labels.clone();
+    let oos_idx = if is_intent && (m.threshold.is_some() || !oos_rows.is_empty()) {
+        labels.push(OOS_LABEL.into());
+        Some(labels.len() - 1)
+    } else {
+        None
+    };
+    let idx = label_index(&labels);
+    let mut unknown = 0;
+    let mut texts: Vec<&str> = Vec::new();
+    let mut gold: Vec<usize> = Vec::new();
+    for e in &rows {
+        let g = if is_intent && (e.label == OOS_LABEL || e.label == "oos") {
+            oos_idx
+        } else {
+            idx.get(e.label.as_str()).copied()
+        };
+        match g {
+            Some(g) => {
+                texts.push(&e.text);
+                gold.push(g);
+            }
+            None => unknown += 1,
+        }
+    }
+    if let Some(o) = oos_idx {
+        for t in &oos_rows {
+            texts.push(t);
+            gold.push(o);
+        }
+    }
+    if unknown > 0 {
+        notes.push(format!("{unknown} rows skipped: label unknown to the head"));
+    }
+    let total = texts.len();
+    let x = embed_cached(enc, &texts, opts.cache_dir.as_deref(), |n| on_embed(n, total))?;
+    let preds = predict(head, &x)?;
+    let pred: Vec<usize> = preds
+        .iter()
+        .map(|p| match oos_idx {
+            Some(o) if p.out_of_scope => o,
+            _ => idx[p.label.as_str()],
+        })
+        .collect();
+    let data_name = opts
+        .data
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut rep = Report::build(&m.task, &data_name, labels.clone(), &gold, &pred, oos_idx);
+    rep.note = notes.join("; ");
+    if let (Some(neg), Some(pos)) = (idx.get("negative"), idx.get("positive")) {
+        let (mut g2, mut p2) = (Vec::new(), Vec::new());
+        for (i, &g) in gold.iter().enumerate() {
+            if g == *neg || g == *pos {
+                let probs = &preds[i].probs;
+                let pn = probs[*neg].1;
+                let pp = probs[*pos].1;
+                g2.push(usize::from(g == *pos));
+                p2.push(usize::from(pp >= pn));
+            }
+        }
+        if !g2.is_empty() {
+            let acc = g2.iter().zip(&p2).filter(|(a, b)| a == b).count() as f64 / g2.len() as f64;
+            rep.binary = Some(BinaryMetrics {
+                rows: g2.len(),
+                accuracy: acc,
+                macro_f1: metrics::macro_f1(&g2, &p2, 2),
+            });
+        }
+    }
+    Ok(rep)
+}
+
+/// Finds (or loads) the encoder a head was trained on; returns its index in `encoders`.
+/// A head trained on other encoder weights is refused with a message that says so.
+pub fn encoder_for_head(
+    head: &Head,
+    dir: &Path,
+    encoders: &mut Vec<Encoder>,
+    base: &EncoderFiles,
+    device: &Device,
+) -> Result<usize> {
+    let r = &head.manifest.encoder;
+    if let Some(file) = &r.finetuned_weights {
+        let path = dir.join(file);
+        let sha = hub::sha256_file(&path)?;
+        if sha != r.sha256 {
+            return Err(NluError::ModelCorrupt {
+                path,
+                reason: format!("sha256 {sha}, manifest says {}", r.sha256),
+            });
+        }
+        if let Some(i) = encoders.iter().position(|e| e.weights_sha256() == sha) {
+            return Ok(i);
+        }
+        let files = EncoderFiles {
+            weights: path,
+            weights_sha256: sha,
+            ..base.clone()
+        };
+        let mut enc = Encoder::load(&files, device)?;
+        enc.limits = encoders[0].limits;
+        encoders.push(enc);
+        return Ok(encoders.len() - 1);
+    }
+    if r.sha256 != base.weights_sha256 {
+        return Err(NluError::HeadMismatch {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "trained on {} ({}), loaded encoder is {} ({})",
+                r.name,
+                short(&r.sha256),
+                base.name,
+                short(&base.weights_sha256)
+            ),
+        });
+    }
+    Ok(0)
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+/// The default head shape for a task.
+pub fn default_arch(task: &str) -> Arch {
+    match task {
+        "sentiment" => Arch::Mlp { hidden: 256 },
+        _ => Arch::Linear,
+    }
+}
