@@ -70,7 +70,11 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
                     .intent
                     .as_ref()
                     .map(|p| {
-                        let l = if p.out_of_scope { format!("({}?) out of scope", p.label) } else { p.label.clone() };
+                        let l = if p.out_of_scope {
+                            format!("({}?) out of scope", p.label)
+                        } else {
+                            p.label.clone()
+                        };
                         (l, p.confidence)
                     })
                     .unwrap_or_default();
@@ -80,13 +84,20 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
                     .map(|p| (p.label.clone(), p.confidence))
                     .unwrap_or_default();
                 let short: String = text.chars().take(38).collect();
-                let short = if short.len() < text.len() { format!("{short}…") } else { short };
+                let short = if short.len() < text.len() {
+                    format!("{short}…")
+                } else {
+                    short
+                };
                 println!("{short:<40} {il:<26} {ic:>6.3} {sl:<9} {sc:>6.3} {ms:>8.1}");
             }
         }
     }
     if !a.json {
-        eprintln!("(models loaded in {load_ms:.0} ms on {})", nlu.info().device);
+        eprintln!(
+            "(models loaded in {load_ms:.0} ms on {})",
+            nlu.info().device
+        );
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ use shopdesk::config::{default_cache_dir, FileConfig};
 use shopdesk::nlu::{DeviceSpec, EncoderSource, DEFAULT_ENCODER};
 
 #[derive(Parser)]
-#[command(name = "shopdesk", version, about = "Self-hosted customer-service chatbot for online shops")]
+#[command(
+    name = "shopdesk",
+    version,
+    about = "Self-hosted customer-service chatbot for online shops"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -88,7 +92,11 @@ impl GlobalArgs {
             // first use; nothing has used it yet at this point.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
-        let cache_dir = self.cache_dir.clone().or(file.cache_dir).or_else(default_cache_dir);
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .or(file.cache_dir)
+            .or_else(default_cache_dir);
         Ok(Settings {
             models_root,
             encoder,

@@ -37,7 +37,11 @@ pub fn run(cmd: ModelsCommand, s: &Settings) -> Result<()> {
                 url,
                 force,
             })?;
-            println!("{} ready in {} (sha256 verified)", s.encoder.name, dir.display());
+            println!(
+                "{} ready in {} (sha256 verified)",
+                s.encoder.name,
+                dir.display()
+            );
             Ok(())
         }
         ModelsCommand::List => {

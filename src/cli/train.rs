@@ -257,8 +257,12 @@ pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
     })?;
     bar.finish_and_clear();
     print!("{}", rep.table());
-    let json = a.json.unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.json")));
-    let html = a.html.unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.html")));
+    let json = a
+        .json
+        .unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.json")));
+    let html = a
+        .html
+        .unwrap_or_else(|| PathBuf::from(format!("reports/eval-{task}.html")));
     for p in [&json, &html] {
         if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

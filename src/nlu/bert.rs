@@ -6,14 +6,16 @@
 //! - Q, K and V are one matmul (weights concatenated at load) over the flattened batch;
 //! - the 1/sqrt(d) attention scale is folded into the query weights;
 //! - linear layers use pre-transposed weights on a 2-D `[batch*seq, hidden]` activation;
-//! - layer norm and softmax are candle's fused kernels;
-//! - batch 1 skips the attention mask (nothing is padded).
+//! - GELU and the masked softmax are our own fused CPU kernels (`ops`), layer norm is candle's;
+//! - the attention mask is applied by length inside the softmax, padded keys are skipped.
 //!
 //! `tests::matches_candle_transformers` checks it against `candle_transformers::models::bert`.
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
+
+use super::ops;
 
 struct Linear {
     /// `[in, out]`, contiguous.
@@ -37,23 +39,33 @@ impl Linear {
 
     /// `x`: `[n, in]` → `[n, out]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.w_t)?.broadcast_add(&self.b)
+        ops::linear(x, &self.w_t, &self.b, false)
     }
 }
 
 struct LayerNorm {
     w: Tensor,
     b: Tensor,
+    /// `[w; b]` as `[2, dim]`, for the fused add + layer-norm kernel.
+    gb: Tensor,
     eps: f32,
 }
 
 impl LayerNorm {
     fn load(vb: &VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        let w = vb.get(dim, "weight")?;
+        let b = vb.get(dim, "bias")?;
         Ok(LayerNorm {
-            w: vb.get(dim, "weight")?,
-            b: vb.get(dim, "bias")?,
+            gb: Tensor::stack(&[&w, &b], 0)?,
+            w,
+            b,
             eps: eps as f32,
         })
+    }
+
+    /// LayerNorm(x + residual).
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        ops::add_layer_norm(x, residual, &self.gb, self.eps)
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -97,7 +109,10 @@ impl Bert {
         let head_dim = h / heads;
         let emb = vb.pp("embeddings");
         let word = emb.get((cfg.vocab_size, h), "word_embeddings.weight")?;
-        let position = emb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?;
+        let position = emb.get(
+            (cfg.max_position_embeddings, h),
+            "position_embeddings.weight",
+        )?;
         let token_type = emb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?;
         let ln_emb = LayerNorm::load(&emb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -146,13 +161,13 @@ impl Bert {
         self.hidden
     }
 
-    /// `ids`, `type_ids`: `[batch, seq]` u32; `mask`: `[batch, seq]` with 1 for real tokens.
+    /// `ids`, `type_ids`: `[batch, seq]` u32, right-padded; `lens[i]`: real tokens of row `i`.
     /// Returns `[batch, seq, hidden]`.
     pub fn forward(
         &self,
         ids: &Tensor,
         type_ids: &Tensor,
-        mask: Option<&Tensor>,
+        lens: &[usize],
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let h = self.hidden;
@@ -162,16 +177,19 @@ impl Bert {
         let x = (x + tt)?.reshape((b, t, h))?.broadcast_add(&pos)?;
         let mut x = self.ln_emb.forward(&x.reshape((b * t, h))?)?;
 
-        // Additive mask [b, 1, 1, t]: 0 for tokens, a large negative for padding.
-        let mask = match mask {
-            Some(m) if b > 1 => {
-                let m = m.to_dtype(DType::F32)?;
-                Some(((m - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?)
-            }
-            _ => None,
+        // The CPU softmax masks by length; other devices get the additive mask [b, 1, 1, t]
+        // (0 for tokens, a large negative for padding).
+        let mask = if self.device.is_cpu() || lens.iter().all(|&l| l == t) {
+            None
+        } else {
+            let m: Vec<f32> = lens
+                .iter()
+                .flat_map(|&l| (0..t).map(move |j| if j < l { 0.0 } else { -1e9 }))
+                .collect();
+            Some(Tensor::from_vec(m, (b, 1, 1, t), &self.device)?)
         };
         for layer in &self.layers {
-            x = self.layer(layer, &x, b, t, mask.as_ref())?;
+            x = self.layer(layer, &x, b, t, lens, mask.as_ref())?;
         }
         x.reshape((b, t, h))
     }
@@ -182,27 +200,32 @@ impl Bert {
         x: &Tensor,
         b: usize,
         t: usize,
+        lens: &[usize],
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (nh, hd, h) = (self.heads, self.head_dim, self.hidden);
+        if matches!(self.act, HiddenAct::Gelu) {
+            if let Some(ctx) = ops::attention(&l.qkv.forward(x)?, lens, nh)? {
+                // CPU: fused kernels end to end.
+                let x = l.ln1.forward_add(&l.attn_out.forward(&ctx)?, x)?;
+                let f = ops::linear(&x, &l.ff_in.w_t, &l.ff_in.b, true)?;
+                return l.ln2.forward_add(&l.ff_out.forward(&f)?, &x);
+            }
+        }
         let qkv = l.qkv.forward(x)?; // [b*t, 3h]
         let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, t, hd]
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = q.matmul(&k.t()?)?; // [b, nh, t, t]
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = ops::masked_softmax(&scores, lens, mask)?;
         let ctx = probs.matmul(&v)?; // [b, nh, t, hd]
         let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?;
         let a = l.attn_out.forward(&ctx)?;
         let x = l.ln1.forward(&(a + x)?)?;
         let f = l.ff_in.forward(&x)?;
         let f = match self.act {
-            HiddenAct::Gelu => f.gelu_erf()?,
+            HiddenAct::Gelu => ops::gelu_erf(&f)?,
             HiddenAct::GeluApproximate => f.gelu()?,
             HiddenAct::Relu => f.relu()?,
         };
@@ -218,6 +241,10 @@ pub fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Resul
     let summed = hidden.broadcast_mul(&m)?.sum(1)?;
     let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let mean = summed.broadcast_div(&counts)?;
-    let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     mean.broadcast_div(&norm)
 }

@@ -72,9 +72,12 @@ impl DataSpec {
         const RATING3: &str = "1=negative,2=negative,3=neutral,4=positive,5=positive";
         match name {
             "bitext" => Ok(DataSpec::new("instruction", "intent")),
-            "sst2" => DataSpec::new("sentence|content", "label")
-                .with_label_map("0=negative,1=positive"),
-            "womens-clothing" => DataSpec::new("Title+Review Text", "Rating").with_label_map(RATING3),
+            "sst2" => {
+                DataSpec::new("sentence|content", "label").with_label_map("0=negative,1=positive")
+            }
+            "womens-clothing" => {
+                DataSpec::new("Title+Review Text", "Rating").with_label_map(RATING3)
+            }
             "amazon-alexa" => DataSpec::new("verified_reviews", "rating").with_label_map(RATING3),
             other => Err(NluError::Invalid(format!(
                 "unknown preset '{other}': expected bitext, sst2, womens-clothing or amazon-alexa"
@@ -173,7 +176,12 @@ pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
     let format = spec
         .format
         .or_else(|| Format::from_path(path))
-        .ok_or_else(|| data_err(path, "cannot tell the format from the extension: pass --format"))?;
+        .ok_or_else(|| {
+            data_err(
+                path,
+                "cannot tell the format from the extension: pass --format",
+            )
+        })?;
     let text_col = TextCol::parse(&spec.text);
     let mut ds = Dataset {
         sha256,
@@ -215,10 +223,16 @@ pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
                 })
                 .collect();
             let text_idx = text_col.resolve(&headers).ok_or_else(|| {
-                data_err(path, &format!("no text column {} in the header", text_col.names()))
+                data_err(
+                    path,
+                    &format!("no text column {} in the header", text_col.names()),
+                )
             })?;
             let label_idx = *headers.get(&spec.label).ok_or_else(|| {
-                data_err(path, &format!("no label column '{}' in the header", spec.label))
+                data_err(
+                    path,
+                    &format!("no label column '{}' in the header", spec.label),
+                )
             })?;
             for rec in rdr.byte_records() {
                 let rec = match rec {
@@ -317,7 +331,10 @@ fn classify_row(
         return Row::Bad("text column missing".into());
     };
     let text = text.trim().to_string();
-    let Some(label) = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty()) else {
+    let Some(label) = label
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+    else {
         return Row::Bad("label missing".into());
     };
     let label = if map.is_empty() {
@@ -344,7 +361,11 @@ fn data_err(path: &Path, reason: &str) -> NluError {
 
 /// Splits into (kept, held out) with `frac` of each label held out, deterministically for a
 /// seed. Labels with a single example stay in `kept`.
-pub fn stratified_split(examples: &[Example], frac: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+pub fn stratified_split(
+    examples: &[Example],
+    frac: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
     let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, e) in examples.iter().enumerate() {
         by_label.entry(e.label.as_str()).or_default().push(i);
@@ -398,7 +419,11 @@ mod tests {
         let bad: Vec<(u64, &str)> = ds.bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
         assert_eq!(
             bad,
-            vec![(3, "empty text"), (6, "label missing"), (7, "invalid UTF-8")]
+            vec![
+                (3, "empty text"),
+                (6, "label missing"),
+                (7, "invalid UTF-8")
+            ]
         );
     }
 
@@ -425,7 +450,10 @@ mod tests {
             .iter()
             .map(|e| (e.text.as_str(), e.label.as_str()))
             .collect();
-        assert_eq!(got, vec![("\"Great\" speaker", "positive"), ("awful", "negative")]);
+        assert_eq!(
+            got,
+            vec![("\"Great\" speaker", "positive"), ("awful", "negative")]
+        );
         assert_eq!(ds.dropped, 1);
         assert_eq!(ds.bad.len(), 1);
         assert_eq!(ds.bad[0].line, 5);

@@ -77,7 +77,10 @@ mod tests {
     #[test]
     fn parses_device_specs() {
         assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
-        assert_eq!("CUDA:2".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(2)));
+        assert_eq!(
+            "CUDA:2".parse::<DeviceSpec>().ok(),
+            Some(DeviceSpec::Cuda(2))
+        );
         assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
         assert_eq!("auto".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Auto));
         assert!("tpu".parse::<DeviceSpec>().is_err());

@@ -52,8 +52,8 @@ pub struct Tokens {
 
 impl Encoder {
     pub fn load(files: &EncoderFiles, device: &Device) -> Result<Self> {
-        let cfg_text = std::fs::read_to_string(&files.config)
-            .map_err(|e| NluError::io(&files.config, e))?;
+        let cfg_text =
+            std::fs::read_to_string(&files.config).map_err(|e| NluError::io(&files.config, e))?;
         let cfg: Config = serde_json::from_str(&cfg_text).map_err(|e| NluError::ModelCorrupt {
             path: files.config.clone(),
             reason: e.to_string(),
@@ -85,13 +85,12 @@ impl Encoder {
             }))
             .map_err(|e| NluError::Tokenizer(e.to_string()))?;
         // Safety of mmap: the file is not modified while we run (fetch writes via rename).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device)
-        }
-        .map_err(|e| NluError::ModelCorrupt {
-            path: files.weights.clone(),
-            reason: e.to_string(),
-        })?;
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device) }
+                .map_err(|e| NluError::ModelCorrupt {
+                path: files.weights.clone(),
+                reason: e.to_string(),
+            })?;
         let model = Bert::load(vb, &cfg).map_err(|e| NluError::ModelCorrupt {
             path: files.weights.clone(),
             reason: e.to_string(),
@@ -172,17 +171,19 @@ impl Encoder {
         let mut ids = vec![0u32; b * t];
         let mut type_ids = vec![0u32; b * t];
         let mut mask = vec![0u32; b * t];
+        let mut lens = Vec::with_capacity(b);
         for (r, tk) in batch.iter().enumerate() {
             let n = tk.ids.len();
             ids[r * t..r * t + n].copy_from_slice(&tk.ids);
             type_ids[r * t..r * t + n].copy_from_slice(&tk.type_ids);
             mask[r * t..r * t + n].iter_mut().for_each(|m| *m = 1);
+            lens.push(n);
         }
         let dev = self.model.device();
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let type_ids = Tensor::from_vec(type_ids, (b, t), dev)?;
         let mask = Tensor::from_vec(mask, (b, t), dev)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &type_ids, &lens)?;
         let pooled = mean_pool_normalize(&hidden, &mask)?;
         Ok(pooled.to_vec2::<f32>()?)
     }

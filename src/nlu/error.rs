@@ -13,7 +13,9 @@ pub enum NluError {
     ModelCorrupt { path: PathBuf, reason: String },
     #[error("head '{kind}' not found at {path}: run `shopdesk train {kind} --data FILE` first")]
     HeadMissing { kind: String, path: PathBuf },
-    #[error("head at {path} does not fit this encoder: {reason}; retrain it with `shopdesk train`")]
+    #[error(
+        "head at {path} does not fit this encoder: {reason}; retrain it with `shopdesk train`"
+    )]
     HeadMismatch { path: PathBuf, reason: String },
     #[error("download failed: {0}")]
     Download(String),

@@ -81,7 +81,11 @@ pub struct Head {
 impl Head {
     /// Class probabilities for each row of `x` (`[n, dim]`).
     pub fn probs(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax_last_dim(&forward(&self.layers, x, None)?)?)
+        Ok(candle_nn::ops::softmax_last_dim(&forward(
+            &self.layers,
+            x,
+            None,
+        )?)?)
     }
 
     pub fn load(dir: &Path, task: &str) -> Result<Head> {
@@ -93,10 +97,11 @@ impl Head {
             });
         }
         let text = std::fs::read_to_string(&mpath).map_err(|e| NluError::io(&mpath, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| NluError::ModelCorrupt {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| NluError::ModelCorrupt {
+                path: mpath.clone(),
+                reason: e.to_string(),
+            })?;
         let wpath = dir.join(WEIGHTS_FILE);
         let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu).map_err(|e| {
             NluError::ModelCorrupt {
@@ -104,12 +109,11 @@ impl Head {
                 reason: e.to_string(),
             }
         })?;
-        let layers = layers_from_map(&tensors, &manifest).map_err(|reason| {
-            NluError::ModelCorrupt {
+        let layers =
+            layers_from_map(&tensors, &manifest).map_err(|reason| NluError::ModelCorrupt {
                 path: wpath.clone(),
                 reason,
-            }
-        })?;
+            })?;
         Ok(Head { manifest, layers })
     }
 
@@ -148,11 +152,17 @@ fn layers_from_map(
     let mut layers = Vec::new();
     let mut in_dim = m.dim;
     for i in 0..n {
-        let w = t.get(&format!("layer{i}.weight")).ok_or(format!("layer{i}.weight missing"))?;
-        let b = t.get(&format!("layer{i}.bias")).ok_or(format!("layer{i}.bias missing"))?;
+        let w = t
+            .get(&format!("layer{i}.weight"))
+            .ok_or(format!("layer{i}.weight missing"))?;
+        let b = t
+            .get(&format!("layer{i}.bias"))
+            .ok_or(format!("layer{i}.bias missing"))?;
         let (wi, wo) = w.dims2().map_err(|e| e.to_string())?;
         if wi != in_dim {
-            return Err(format!("layer{i} expects {wi} inputs, manifest says {in_dim}"));
+            return Err(format!(
+                "layer{i} expects {wi} inputs, manifest says {in_dim}"
+            ));
         }
         in_dim = wo;
         layers.push((w.clone(), b.clone()));
@@ -249,7 +259,9 @@ fn to_tensor(x: &[Vec<f32>], dim: usize) -> candle_core::Result<Tensor> {
 /// Kaiming-uniform init from a seeded RNG (candle's own RNG is not seedable per call).
 fn init(rng: &mut fastrand::Rng, i: usize, o: usize) -> candle_core::Result<(Var, Var)> {
     let bound = (1.0 / i as f32).sqrt();
-    let w: Vec<f32> = (0..i * o).map(|_| (rng.f32() * 2.0 - 1.0) * bound).collect();
+    let w: Vec<f32> = (0..i * o)
+        .map(|_| (rng.f32() * 2.0 - 1.0) * bound)
+        .collect();
     let w = Var::from_tensor(&Tensor::from_vec(w, (i, o), &Device::Cpu)?)?;
     let b = Var::from_tensor(&Tensor::zeros(o, DType::F32, &Device::Cpu)?)?;
     Ok((w, b))
@@ -277,7 +289,10 @@ pub fn train(
         .windows(2)
         .map(|w| init(&mut rng, w[0], w[1]))
         .collect::<candle_core::Result<_>>()?;
-    let all: Vec<Var> = vars.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect();
+    let all: Vec<Var> = vars
+        .iter()
+        .flat_map(|(w, b)| [w.clone(), b.clone()])
+        .collect();
     let mut opt = AdamW::new(
         all,
         ParamsAdamW {
@@ -296,7 +311,13 @@ pub fn train(
         let n = train.y.len() as f32;
         let raw: Vec<f32> = counts
             .iter()
-            .map(|&c| if c == 0 { 0.0 } else { n / (n_classes as f32 * c as f32) })
+            .map(|&c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    n / (n_classes as f32 * c as f32)
+                }
+            })
             .collect();
         raw
     } else {
@@ -334,8 +355,8 @@ pub fn train(
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let picked = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?;
             let wb = class_w_t.index_select(&yb, 0)?;
-            let loss = ((picked * &wb)?.sum_all()? / wb.sum_all()?.to_scalar::<f32>()? as f64)?
-                .neg()?;
+            let loss =
+                ((picked * &wb)?.sum_all()? / wb.sum_all()?.to_scalar::<f32>()? as f64)?.neg()?;
             opt.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;
@@ -389,15 +410,16 @@ pub fn argmax_rows(t: &Tensor) -> candle_core::Result<Vec<usize>> {
 /// (a rejected in-scope message counts as wrong) and out-of-scope recall. Without them: the
 /// largest threshold that rejects at most 1% of correctly classified in-scope messages, so the
 /// head refuses what it is least sure of.
-pub fn choose_threshold(
-    in_scope: &[(f32, bool)],
-    oos_max_probs: &[f32],
-) -> (f32, String) {
+pub fn choose_threshold(in_scope: &[(f32, bool)], oos_max_probs: &[f32]) -> (f32, String) {
     if in_scope.is_empty() {
         return (0.0, "no validation data: threshold 0".into());
     }
     if oos_max_probs.is_empty() {
-        let mut correct: Vec<f32> = in_scope.iter().filter(|(_, c)| *c).map(|(p, _)| *p).collect();
+        let mut correct: Vec<f32> = in_scope
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(p, _)| *p)
+            .collect();
         correct.sort_by(|a, b| a.total_cmp(b));
         let k = (correct.len() as f64 * 0.01).floor() as usize;
         let t = correct.get(k).copied().unwrap_or(0.0);
@@ -412,10 +434,10 @@ pub fn choose_threshold(
     candidates.dedup();
     let mut best = (0.0f32, f64::MIN);
     for &t in &candidates {
-        let acc = in_scope.iter().filter(|(p, c)| *c && *p >= t).count() as f64
-            / in_scope.len() as f64;
-        let rec = oos_max_probs.iter().filter(|p| **p < t).count() as f64
-            / oos_max_probs.len() as f64;
+        let acc =
+            in_scope.iter().filter(|(p, c)| *c && *p >= t).count() as f64 / in_scope.len() as f64;
+        let rec =
+            oos_max_probs.iter().filter(|p| **p < t).count() as f64 / oos_max_probs.len() as f64;
         let score = (acc + rec) / 2.0;
         if score > best.1 {
             best = (t, score);
@@ -443,7 +465,11 @@ mod tests {
         let mut y = Vec::new();
         for i in 0..200 {
             let c = i % 2;
-            let base = if c == 0 { [1.0, 0.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0, 0.0] };
+            let base = if c == 0 {
+                [1.0, 0.0, 0.0, 0.0]
+            } else {
+                [0.0, 1.0, 0.0, 0.0]
+            };
             x.push(base.iter().map(|b| b + (rng.f32() - 0.5) * 0.6).collect());
             y.push(c);
         }
@@ -459,8 +485,21 @@ mod tests {
             ..Default::default()
         };
         let run = || {
-            train(Split { x: &x[..150], y: &y[..150] }, Split { x: &x[150..], y: &y[150..] }, 4, 2, &cfg, |_| {})
-                .expect("train")
+            train(
+                Split {
+                    x: &x[..150],
+                    y: &y[..150],
+                },
+                Split {
+                    x: &x[150..],
+                    y: &y[150..],
+                },
+                4,
+                2,
+                &cfg,
+                |_| {},
+            )
+            .expect("train")
         };
         let (l1, s1) = run();
         let (l2, s2) = run();
@@ -479,7 +518,10 @@ mod tests {
             Split { x: &[], y: &[] },
             4,
             2,
-            &TrainConfig { epochs: 3, ..Default::default() },
+            &TrainConfig {
+                epochs: 3,
+                ..Default::default()
+            },
             |_| {},
         )
         .expect("train");
@@ -488,7 +530,11 @@ mod tests {
             labels: vec!["a".into(), "b".into()],
             arch: Arch::Linear,
             dim: 4,
-            encoder: EncoderRef { name: "e".into(), sha256: "00".into(), finetuned_weights: None },
+            encoder: EncoderRef {
+                name: "e".into(),
+                sha256: "00".into(),
+                finetuned_weights: None,
+            },
             threshold: Some(0.5),
             threshold_rule: Some("test".into()),
             training: TrainingRecord {
@@ -524,7 +570,9 @@ mod tests {
     #[test]
     fn missing_head_names_the_fix() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = Head::load(&dir.path().join("nope"), "intent").err().expect("error");
+        let err = Head::load(&dir.path().join("nope"), "intent")
+            .err()
+            .expect("error");
         assert!(err.to_string().contains("shopdesk train intent"), "{err}");
     }
 

@@ -161,7 +161,10 @@ fn hub_download(name: &str) -> Result<EncoderFiles> {
         .build()
         .map_err(|e| NluError::Download(e.to_string()))?;
     let repo = api.model(name.to_string());
-    let get = |f: &str| repo.get(f).map_err(|e| NluError::Download(format!("{f}: {e}")));
+    let get = |f: &str| {
+        repo.get(f)
+            .map_err(|e| NluError::Download(format!("{f}: {e}")))
+    };
     let st = repo.get(ST_CONFIG).ok();
     from_paths(name, get(CONFIG)?, get(TOKENIZER)?, get(WEIGHTS)?, st)
 }
@@ -194,7 +197,11 @@ fn from_paths(
     }
     let known = known(name);
     let mut weights_sha256 = String::new();
-    for (path, file) in [(&config, CONFIG), (&tokenizer, TOKENIZER), (&weights, WEIGHTS)] {
+    for (path, file) in [
+        (&config, CONFIG),
+        (&tokenizer, TOKENIZER),
+        (&weights, WEIGHTS),
+    ] {
         let sha = sha256_cached(path)?;
         if let Some(expected) = known.and_then(|k| k.files.iter().find(|(f, _)| *f == file)) {
             if sha != expected.1 {

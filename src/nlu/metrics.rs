@@ -66,8 +66,16 @@ pub fn per_class(m: &[Vec<usize>], labels: &[String]) -> Vec<ClassMetrics> {
             let tp = m[c][c] as f64;
             let support: usize = m[c].iter().sum();
             let predicted: usize = (0..n).map(|r| m[r][c]).sum();
-            let precision = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
-            let recall = if support == 0 { 0.0 } else { tp / support as f64 };
+            let precision = if predicted == 0 {
+                0.0
+            } else {
+                tp / predicted as f64
+            };
+            let recall = if support == 0 {
+                0.0
+            } else {
+                tp / support as f64
+            };
             let f1 = if precision + recall == 0.0 {
                 0.0
             } else {
@@ -117,7 +125,11 @@ impl Report {
         let pcm = per_class(&m, &labels);
         let rows = gold.len();
         let correct = gold.iter().zip(pred).filter(|(g, p)| g == p).count();
-        let accuracy = if rows == 0 { 0.0 } else { correct as f64 / rows as f64 };
+        let accuracy = if rows == 0 {
+            0.0
+        } else {
+            correct as f64 / rows as f64
+        };
         let present: Vec<&ClassMetrics> = pcm.iter().filter(|c| c.support > 0).collect();
         let mean = |f: fn(&ClassMetrics) -> f64| {
             if present.is_empty() {
@@ -177,7 +189,11 @@ impl Report {
             self.task,
             self.data,
             self.rows,
-            if self.note.is_empty() { String::new() } else { format!(" — {}", self.note) }
+            if self.note.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", self.note)
+            }
         );
         s += &format!("{:<w$}  precision  recall     f1  support\n", "label");
         for c in &self.per_class {
@@ -190,7 +206,10 @@ impl Report {
             "{:<w$}  {:>9.4}  {:>6.4}  {:>5.4}  {:>7}\n",
             "macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.rows
         );
-        s += &format!("{:<w$}  {:>9}  {:>6}  {:>5.4}  {:>7}\n", "weighted avg", "", "", self.weighted_f1, self.rows);
+        s += &format!(
+            "{:<w$}  {:>9}  {:>6}  {:>5.4}  {:>7}\n",
+            "weighted avg", "", "", self.weighted_f1, self.rows
+        );
         s += &format!("accuracy {:.4}\n", self.accuracy);
         if let Some(r) = self.oos_recall {
             s += &format!("out-of-scope recall {r:.4}\n");

@@ -11,6 +11,7 @@ pub mod error;
 pub mod head;
 pub mod hub;
 pub mod metrics;
+pub mod ops;
 pub mod train;
 pub mod worker;
 

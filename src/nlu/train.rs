@@ -77,7 +77,12 @@ pub fn load_sources(
     holdout: f64,
     max_rows: Option<usize>,
     seed: u64,
-) -> Result<(Vec<Example>, Vec<Example>, Vec<(PathBuf, data::BadRow)>, Vec<String>)> {
+) -> Result<(
+    Vec<Example>,
+    Vec<Example>,
+    Vec<(PathBuf, data::BadRow)>,
+    Vec<String>,
+)> {
     let mut kept = Vec::new();
     let mut held = Vec::new();
     let mut bad = Vec::new();
@@ -150,14 +155,21 @@ pub fn embed_cached(
         }
         let flat: Vec<f32> = out.iter().flat_map(|v| v.iter().copied()).collect();
         if let Ok(t) = Tensor::from_vec(flat, (out.len(), enc.dim()), &Device::Cpu) {
-            let _ = candle_core::safetensors::save(&BTreeMap::from([("x".to_string(), t)]).into_iter().collect(), p);
+            let _ = candle_core::safetensors::save(
+                &BTreeMap::from([("x".to_string(), t)]).into_iter().collect(),
+                p,
+            );
         }
     }
     Ok(out)
 }
 
 fn label_index(labels: &[String]) -> BTreeMap<&str, usize> {
-    labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect()
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect()
 }
 
 /// Trains a head for `opts.task` on top of `enc` and saves it in `opts.out_dir`.
@@ -279,7 +291,14 @@ pub fn train(
     // Validation metrics and, for intents, the out-of-scope threshold.
     let val_pred = predict(&h, &x_val)?;
     let pred_idx: Vec<usize> = val_pred.iter().map(|p| idx[p.label.as_str()]).collect();
-    let rep = Report::build(&opts.task, "validation", labels.clone(), &y_val, &pred_idx, None);
+    let rep = Report::build(
+        &opts.task,
+        "validation",
+        labels.clone(),
+        &y_val,
+        &pred_idx,
+        None,
+    );
     let mut metrics = BTreeMap::new();
     metrics.insert("validation_accuracy".into(), rep.accuracy);
     metrics.insert("validation_macro_f1".into(), rep.macro_f1);
@@ -355,7 +374,8 @@ pub fn evaluate(
                     "{name} is the head's training data and it was trained without a hold-out: pass --all-rows to score it anyway"
                 )));
             }
-            let (_, held) = data::stratified_split(&ds.examples, m.training.holdout, m.training.seed);
+            let (_, held) =
+                data::stratified_split(&ds.examples, m.training.holdout, m.training.seed);
             notes.push(format!(
                 "{name}: held-out {:.0}% split (seed {}), {} rows never seen in training",
                 m.training.holdout * 100.0,
@@ -371,7 +391,11 @@ pub fn evaluate(
     let mut oos_rows = Vec::new();
     for src in &opts.oos {
         let ds = data::read(&src.path, &src.spec, false)?;
-        notes.push(format!("{}: {} out-of-scope rows", src.path.display(), ds.examples.len()));
+        notes.push(format!(
+            "{}: {} out-of-scope rows",
+            src.path.display(),
+            ds.examples.len()
+        ));
         oos_rows.extend(ds.examples.into_iter().map(|e| e.text));
     }
     let is_intent = m.task == "intent";
@@ -410,7 +434,9 @@ pub fn evaluate(
         notes.push(format!("{unknown} rows skipped: label unknown to the head"));
     }
     let total = texts.len();
-    let x = embed_cached(enc, &texts, opts.cache_dir.as_deref(), |n| on_embed(n, total))?;
+    let x = embed_cached(enc, &texts, opts.cache_dir.as_deref(), |n| {
+        on_embed(n, total)
+    })?;
     let preds = predict(head, &x)?;
     let pred: Vec<usize> = preds
         .iter()

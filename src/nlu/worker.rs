@@ -106,7 +106,9 @@ impl Worker {
             .flat_map(|c| c.texts().iter().map(String::as_str))
             .collect();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.texts.fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.stats
+            .texts
+            .fetch_add(all.len() as u64, Ordering::Relaxed);
         let needed = self.needed_encoders(&batch);
         let mut embeddings: Vec<Option<Result<Vec<Vec<f32>>>>> =
             (0..self.encoders.len()).map(|_| None).collect();

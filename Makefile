@@ -1,0 +1,29 @@
+# The README's two commands: `make run` (the demo) and `make test` (everything CI runs).
+CARGO ?= cargo
+
+.PHONY: run test models lint bench-nlu
+
+models:
+	$(CARGO) run --release -q -- models fetch
+
+# Demo: classify a few shop messages with the shipped intent and sentiment heads.
+run: models
+	$(CARGO) run --release -q -- classify \
+		"Hi, where is my order 4451-23?" \
+		"I want to talk to a real person" \
+		"This is the third time my refund is late, I am furious" \
+		"How do I change my shipping address?" \
+		"can I pay with paypal" \
+		"the film was a dull mess"
+
+test:
+	$(CARGO) run -q -- models fetch
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# NLU speed beside the Python peers; writes docs/benchmarks.md figures to reports/.
+bench-nlu:
+	bash benches/run_nlu_bench.sh

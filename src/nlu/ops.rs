@@ -1,0 +1,528 @@
+//! Fused CPU kernels for the encoder's hot spots, found with `perf` (see docs/benchmarks.md):
+//! candle's `gelu_erf` calls a scalar libm `erf` per element and its softmax a scalar `exp`;
+//! together they were a fifth of the encoder's time on a batch of reviews. These versions use
+//! polynomial approximations that the compiler vectorises, accurate to ~2e-7 (far below the 1e-4
+//! the encoder must match sentence-transformers to), and run across rayon's pool.
+//! On other devices, or for layouts they don't handle, they fall back to candle's ops.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// e^x for f32 by range reduction (x = k·ln2 + r) and a degree-6 polynomial on r.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.3, 88.3);
+    // Round to nearest via the 1.5·2^23 trick: branch-free and vectorisable.
+    let kf = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let r = x - kf * LN2_HI - kf * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_89)))));
+    let bits = ((kf as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// erf(x), Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7).
+#[inline(always)]
+pub fn fast_erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_74) * t
+            + 0.254_829_6)
+            * t
+            * fast_exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+const CHUNK: usize = 4096;
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "shopdesk-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(src), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("gelu: contiguous f32 only");
+        };
+        let src = &src[a..b];
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (d, &s) in d.iter_mut().zip(s) {
+                    *d = gelu(s);
+                }
+            });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// GELU with the exact (erf) formulation, as BERT uses.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
+        x.apply_op1_no_bwd(&GeluErf)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// Softmax over the last dimension of attention scores `[b, heads, t, t]`, where only the first
+/// `lens[b]` keys of batch row `b` are real tokens: padded keys get probability 0 without an
+/// additive mask tensor, and their exponentials are never computed.
+struct MaskedSoftmax<'a> {
+    lens: &'a [usize],
+}
+
+impl CustomOp1 for MaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "shopdesk-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(src), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("masked softmax: contiguous f32 only");
+        };
+        let (bs, heads, tq, tk) = layout.shape().dims4()?;
+        if self.lens.len() != bs {
+            candle_core::bail!("masked softmax: {} lengths for batch {bs}", self.lens.len());
+        }
+        let src = &src[a..b];
+        let mut dst = vec![0f32; src.len()];
+        let per_batch = heads * tq * tk;
+        dst.par_chunks_mut(tk)
+            .zip(src.par_chunks(tk))
+            .enumerate()
+            .for_each(|(row, (d, s))| {
+                let n = self.lens[row * tk / per_batch].clamp(1, tk);
+                let s = &s[..n];
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for (d, &v) in d[..n].iter_mut().zip(s) {
+                    let e = fast_exp(v - max);
+                    *d = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                for d in &mut d[..n] {
+                    *d *= inv;
+                }
+            });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// Attention probabilities from raw scores and each batch row's real length.
+/// `mask` is the equivalent additive mask `[b, 1, 1, t]`, used off the CPU.
+pub fn masked_softmax(scores: &Tensor, lens: &[usize], mask: Option<&Tensor>) -> Result<Tensor> {
+    if scores.device().is_cpu()
+        && scores.dtype() == candle_core::DType::F32
+        && scores.is_contiguous()
+    {
+        scores.apply_op1_no_bwd(&MaskedSoftmax { lens })
+    } else {
+        let s = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores.clone(),
+        };
+        candle_nn::ops::softmax_last_dim(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f32;
+        let mut worst_erf = 0f32;
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            worst_exp = worst_exp.max(((fast_exp(x) - x.exp()) / x.exp()).abs());
+            let e = libm_erf(x as f64) as f32;
+            worst_erf = worst_erf.max((fast_erf(x) - e).abs());
+            x += 0.0137;
+        }
+        assert!(worst_exp < 2e-6, "exp relative error {worst_exp}");
+        assert!(worst_erf < 3e-7, "erf abs error {worst_erf}");
+    }
+
+    /// erf by its Taylor series / continued fraction in f64, as an independent reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() < 2.5 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc continued fraction (Lentz), accurate for |x| >= 2.5.
+            let a = x.abs();
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (a + f);
+            }
+            let erfc = (-a * a).exp() / (std::f64::consts::PI.sqrt() * (a + f));
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn ops_match_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(-400i64, 400, &dev)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t / 60.0)
+            .and_then(|t| t.reshape((2, 1, 20, 20)))
+            .expect("tensor");
+        let ours = gelu_erf(&x)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("gelu");
+        let theirs = x
+            .gelu_erf()
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("gelu");
+        let d = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "gelu diff {d}");
+
+        let lens = [20, 13];
+        let mask: Vec<f32> = (0..40)
+            .map(|i| if i % 20 < lens[i / 20] { 0.0 } else { -1e9 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (2, 1, 1, 20), &dev).expect("mask");
+        let ours = masked_softmax(&x, &lens, Some(&mask))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("softmax");
+        let theirs = x
+            .broadcast_add(&mask)
+            .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("softmax");
+        let d = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-6, "softmax diff {d}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused encoder-layer kernels (CPU). Each replaces several candle ops and their temporaries.
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what}: contiguous f32 only"),
+    }
+}
+
+fn threads() -> gemm::Parallelism {
+    let n = candle_core::utils::get_num_threads();
+    if n > 1 {
+        gemm::Parallelism::Rayon(n)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A raw output pointer shared by rayon jobs that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// Safety: jobs write disjoint regions (one (batch, head) block each) and the buffer outlives
+// the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `x @ w_t + b`, optionally followed by GELU: one gemm that starts from the bias rows.
+struct Linear {
+    gelu: bool,
+}
+
+impl candle_core::CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "shopdesk-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "linear x")?;
+        let w = contiguous_f32(ws, wl, "linear w")?;
+        let b = contiguous_f32(bs, bl, "linear b")?;
+        let (n, k) = xl.shape().dims2()?;
+        let (k2, m) = wl.shape().dims2()?;
+        if k != k2 || b.len() != m {
+            candle_core::bail!(
+                "linear: shapes {:?} {:?} {}",
+                xl.shape(),
+                wl.shape(),
+                b.len()
+            );
+        }
+        let mut dst = Vec::with_capacity(n * m);
+        for _ in 0..n {
+            dst.extend_from_slice(b);
+        }
+        // Safety: all pointers cover the sizes passed with row-major strides.
+        unsafe {
+            gemm::gemm(
+                n,
+                m,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                m as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                m as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                threads(),
+            );
+        }
+        if self.gelu {
+            dst.par_chunks_mut(CHUNK).for_each(|c| {
+                for v in c {
+                    *v = gelu(*v);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((n, m))))
+    }
+}
+
+/// `x @ w_t + b` (with GELU when `gelu`), `x`: `[n, in]`, `w_t`: `[in, out]`.
+pub fn linear(x: &Tensor, w_t: &Tensor, b: &Tensor, gelu_after: bool) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let x = x.contiguous()?;
+        x.apply_op3_no_bwd(w_t, b, &Linear { gelu: gelu_after })
+    } else {
+        let y = x.matmul(w_t)?.broadcast_add(b)?;
+        if gelu_after {
+            y.gelu_erf()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// LayerNorm(x + residual) with `gb` = `[gamma; beta]` (`[2, h]`).
+struct AddLayerNorm {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "shopdesk-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "add-ln x")?;
+        let r = contiguous_f32(rs, rl, "add-ln residual")?;
+        let gb = contiguous_f32(gs, gl, "add-ln gamma/beta")?;
+        let (n, h) = xl.shape().dims2()?;
+        if r.len() != n * h || gb.len() != 2 * h {
+            candle_core::bail!("add-ln: shapes");
+        }
+        let (g, bta) = gb.split_at(h);
+        let mut dst = vec![0f32; n * h];
+        dst.par_chunks_mut(h)
+            .zip(x.par_chunks(h).zip(r.par_chunks(h)))
+            .for_each(|(d, (x, r))| {
+                let mut sum = 0.0;
+                for ((d, &a), &b) in d.iter_mut().zip(x).zip(r) {
+                    *d = a + b;
+                    sum += *d;
+                }
+                let mean = sum / h as f32;
+                let mut var = 0.0;
+                for d in d.iter_mut() {
+                    *d -= mean;
+                    var += *d * *d;
+                }
+                let inv = 1.0 / (var / h as f32 + self.eps).sqrt();
+                for ((d, &g), &b) in d.iter_mut().zip(g).zip(bta) {
+                    *d = *d * inv * g + b;
+                }
+            });
+        Ok((CpuStorage::F32(dst), xl.shape().clone()))
+    }
+}
+
+/// LayerNorm(x + residual); `gb` holds gamma and beta as `[2, h]`.
+pub fn add_layer_norm(x: &Tensor, residual: &Tensor, gb: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?
+            .apply_op3_no_bwd(&residual.contiguous()?, gb, &AddLayerNorm { eps })
+    } else {
+        let g = gb.get(0)?;
+        let b = gb.get(1)?;
+        candle_nn::ops::layer_norm(&(x + residual)?, &g, &b, eps)
+    }
+}
+
+/// Multi-head self-attention straight from the fused QKV projection.
+///
+/// Input `[b*t, 3h]` (query already scaled by 1/sqrt(d)); output `[b*t, h]`. One job per
+/// (batch row, head) computes scores for the row's real tokens only, a softmax, and writes its
+/// context block in place: no transposes, no copies of Q/K/V, no mask tensor, and padded
+/// positions cost nothing. Padded query rows come out as zeros (pooling ignores them).
+struct Attention<'a> {
+    lens: &'a [usize],
+    heads: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "shopdesk-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, "attention")?;
+        let (bt, h3) = layout.shape().dims2()?;
+        let b = self.lens.len();
+        if b == 0 || bt % b != 0 || h3 % 3 != 0 {
+            candle_core::bail!("attention: shape {:?} for {b} rows", layout.shape());
+        }
+        let t = bt / b;
+        let h = h3 / 3;
+        let nh = self.heads;
+        let hd = h / nh;
+        let mut out = vec![0f32; bt * h];
+        let outp = SharedOut(out.as_mut_ptr());
+        (0..b * nh).into_par_iter().for_each(|job| {
+            let outp = outp;
+            let (bi, head) = (job / nh, job % nh);
+            let n = self.lens[bi].clamp(1, t);
+            let base = bi * t * h3;
+            let q = qkv[base + head * hd..].as_ptr();
+            let k = qkv[base + h + head * hd..].as_ptr();
+            let v = qkv[base + 2 * h + head * hd..].as_ptr();
+            let mut scores = vec![0f32; n * n];
+            // Safety: every pointer/stride pair stays inside `qkv`, `scores` or this job's
+            // block of `out`, which no other job touches.
+            unsafe {
+                // scores[i][j] = q_i · k_j
+                gemm::gemm(
+                    n,
+                    n,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    q,
+                    1,
+                    h3 as isize,
+                    k,
+                    h3 as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for row in scores.chunks_mut(n) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in row.iter_mut() {
+                    *s = fast_exp(*s - max);
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                for s in row.iter_mut() {
+                    *s *= inv;
+                }
+            }
+            unsafe {
+                // out_i = Σ_j p[i][j] v_j
+                gemm::gemm(
+                    n,
+                    hd,
+                    n,
+                    outp.0.add(bi * t * h + head * hd),
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n as isize,
+                    v,
+                    1,
+                    h3 as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((bt, h))))
+    }
+}
+
+/// Self-attention on CPU from `[b*t, 3h]` QKV; `None` when the fused kernel does not apply.
+pub fn attention(qkv: &Tensor, lens: &[usize], heads: usize) -> Result<Option<Tensor>> {
+    if qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 {
+        Ok(Some(
+            qkv.contiguous()?
+                .apply_op1_no_bwd(&Attention { lens, heads })?,
+        ))
+    } else {
+        Ok(None)
+    }
+}
