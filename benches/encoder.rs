@@ -7,14 +7,40 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use shopdesk::nlu::encoder::Tokens;
 use shopdesk::nlu::hub::{self, EncoderSource};
-use shopdesk::nlu::{Encoder, DEFAULT_ENCODER};
+use shopdesk::nlu::{BatchLimits, Encoder, DEFAULT_ENCODER};
 
 const SHORT: &str = "Hi, where is my order? It has not arrived yet.";
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+fn time_short(
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    for _ in 0..iters.min(20) {
+        f()?;
+    }
+    let mut lat = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        f()?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok((percentile(&lat, 0.5), percentile(&lat, 0.99)))
+}
+
+fn enc_tokens_short(files: &hub::EncoderFiles) -> anyhow::Result<Tokens> {
+    let enc = Encoder::load(files, &Device::Cpu)?;
+    Ok(enc.tokenize(&[SHORT])?.remove(0))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +57,13 @@ fn main() -> anyhow::Result<()> {
     let reviews_path = arg("--texts").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(&data_dir).join("womens-clothing-reviews/womens_clothing_reviews.csv")
     });
-    let n_reviews: usize = arg("--n").and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run then.
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let n_reviews: usize =
+        arg("--n")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if smoke { 64 } else { 10_000 });
+    let iters = if smoke { 5 } else { 300 };
     let mut rdr = csv::Reader::from_path(&reviews_path)?;
     let col = rdr
         .headers()?
@@ -53,45 +85,97 @@ fn main() -> anyhow::Result<()> {
     let mut src = EncoderSource::new(DEFAULT_ENCODER, "models");
     src.offline = true;
     let files = hub::locate(&src)?;
-    let enc = Encoder::load(&files, &candle_core::Device::Cpu)?;
+    let enc = Encoder::load(&files, &Device::Cpu)?;
     let short_tokens = enc.tokenize(&[SHORT])?[0].ids.len();
 
-    // (a) one short message at a time.
-    for _ in 0..20 {
-        enc.embed(&[SHORT])?;
-    }
-    let mut lat = Vec::new();
-    for _ in 0..300 {
-        let t = Instant::now();
-        enc.embed(&[SHORT])?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-
-    // (b) reviews at batch 32, in file order (the encoder sorts by length inside each call).
     let refs: Vec<&str> = reviews.iter().map(String::as_str).collect();
-    let toks: usize = enc.tokenize(&refs)?.iter().map(|t| t.ids.len()).sum();
-    let t = Instant::now();
-    for chunk in refs.chunks(32) {
-        enc.embed(chunk)?;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    let rps = refs.len() as f64 / secs;
+    let toks = enc.tokenize(&refs)?;
+    let mean_tokens = toks.iter().map(|t| t.ids.len()).sum::<usize>() as f64 / toks.len() as f64;
+    let only = arg("--only").unwrap_or_else(|| "shopdesk,candle-bert".into());
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    let line = serde_json::json!({
-        "impl": "shopdesk (candle, fp32)",
-        "threads": threads,
-        "short_tokens": short_tokens,
-        "short_p50_ms": p50,
-        "short_p99_ms": p99,
-        "reviews": refs.len(),
-        "reviews_mean_tokens": toks as f64 / refs.len() as f64,
-        "reviews_per_s": rps,
-    });
-    println!("{line}");
-    if let Some(out) = arg("--json") {
-        std::fs::write(out, format!("{line}\n"))?;
+    let mut lines = Vec::new();
+
+    if only.contains("shopdesk") {
+        // (a) one short message at a time.
+        let (p50, p99) = time_short(iters, || Ok(enc.embed(&[SHORT]).map(|_| ())?))?;
+        // (b) all reviews, sorted by length, forward passes of 32.
+        let mut enc = enc;
+        enc.limits = BatchLimits {
+            max_tokens: usize::MAX,
+            max_batch: 32,
+        };
+        let t = Instant::now();
+        enc.embed_tokens(&toks)?;
+        let rps = refs.len() as f64 / t.elapsed().as_secs_f64();
+        lines.push(
+            serde_json::json!({"impl": "shopdesk (candle + fused CPU kernels, fp32)",
+            "short_p50_ms": p50, "short_p99_ms": p99, "reviews_per_s": rps}),
+        );
+        eprintln!(
+            "{}",
+            lines.last().map(|l| l.to_string()).unwrap_or_default()
+        );
+    }
+
+    if only.contains("candle-bert") {
+        // Peer: candle-transformers' BertModel with the same tokens, sorting and pooling.
+        let cfg: Config = serde_json::from_str(&std::fs::read_to_string(&files.config)?)?;
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &Device::Cpu)?
+        };
+        let model = BertModel::load(vb, &cfg)?;
+        let short = enc_tokens_short(&files)?;
+        let run = |batch: &[&Tokens]| -> anyhow::Result<Tensor> {
+            let b = batch.len();
+            let t = batch.iter().map(|x| x.ids.len()).max().unwrap_or(1);
+            let mut ids = vec![0u32; b * t];
+            let mut mask = vec![0u32; b * t];
+            for (r, tk) in batch.iter().enumerate() {
+                ids[r * t..r * t + tk.ids.len()].copy_from_slice(&tk.ids);
+                mask[r * t..r * t + tk.ids.len()]
+                    .iter_mut()
+                    .for_each(|m| *m = 1);
+            }
+            let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+            let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
+            let h = model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
+            Ok(shopdesk::nlu::bert::mean_pool_normalize(&h, &mask)?)
+        };
+        let (p50, p99) = time_short(iters, || run(&[&short]).map(|_| ()))?;
+        let mut order: Vec<usize> = (0..toks.len()).collect();
+        order.sort_by_key(|&i| toks[i].ids.len());
+        let t = Instant::now();
+        for chunk in order.chunks(32) {
+            let batch: Vec<&Tokens> = chunk.iter().map(|&i| &toks[i]).collect();
+            run(&batch)?;
+        }
+        let rps = refs.len() as f64 / t.elapsed().as_secs_f64();
+        lines.push(
+            serde_json::json!({"impl": "candle-transformers BertModel (fp32)",
+            "short_p50_ms": p50, "short_p99_ms": p99, "reviews_per_s": rps}),
+        );
+        eprintln!(
+            "{}",
+            lines.last().map(|l| l.to_string()).unwrap_or_default()
+        );
+    }
+
+    let mut out = String::new();
+    for mut l in lines {
+        l["threads"] = threads.clone().into();
+        l["reviews"] = refs.len().into();
+        l["reviews_mean_tokens"] = mean_tokens.into();
+        l["short_tokens"] = short_tokens.into();
+        out += &format!("{l}\n");
+    }
+    print!("{out}");
+    if let Some(path) = arg("--json") {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .write_all(out.as_bytes())?;
     }
     Ok(())
 }

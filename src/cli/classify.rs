@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use shopdesk::nlu::head::head_dir;
 use shopdesk::nlu::{Nlu, NluConfig};
 
 use super::Settings;
@@ -47,6 +48,14 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
     let load = Instant::now();
     let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
     cfg.device = s.device;
+    // Use the heads that exist; with none, the intent head's error says how to train one.
+    let has = |task: &str| {
+        head_dir(&s.models_root, task)
+            .join("manifest.json")
+            .exists()
+    };
+    cfg.intent = has("intent") || !has("sentiment");
+    cfg.sentiment = has("sentiment");
     let nlu = Nlu::start(cfg)?;
     let load_ms = load.elapsed().as_secs_f64() * 1e3;
     if !a.json {

@@ -27,7 +27,7 @@ impl Linear {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;
         let b = vb.get(out_dim, "bias")?;
-        Ok(Self::from_parts(&w, b)?)
+        Self::from_parts(&w, b)
     }
 
     fn from_parts(w: &Tensor, b: Tensor) -> candle_core::Result<Self> {

@@ -37,8 +37,7 @@ impl Default for BatchLimits {
 pub struct Encoder {
     tokenizer: Tokenizer,
     model: Bert,
-    name: String,
-    weights_sha256: String,
+    files: EncoderFiles,
     max_tokens: usize,
     pub limits: BatchLimits,
 }
@@ -98,19 +97,23 @@ impl Encoder {
         Ok(Encoder {
             tokenizer,
             model,
-            name: files.name.clone(),
-            weights_sha256: files.weights_sha256.clone(),
+            files: files.clone(),
             max_tokens,
             limits: BatchLimits::default(),
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.files.name
     }
 
     pub fn weights_sha256(&self) -> &str {
-        &self.weights_sha256
+        &self.files.weights_sha256
+    }
+
+    /// The files this encoder was loaded from.
+    pub fn files(&self) -> &EncoderFiles {
+        &self.files
     }
 
     pub fn dim(&self) -> usize {
@@ -246,7 +249,8 @@ mod tests {
 
     #[test]
     fn oversized_text_gets_its_own_batch() {
-        let plan = plan_batches(&[0, 1], |i| [10, 1000][i], BatchLimits::default());
+        // Two texts would pad to 2 × 3000 tokens, over the default budget of 4096.
+        let plan = plan_batches(&[0, 1], |i| [10, 3000][i], BatchLimits::default());
         assert_eq!(plan, vec![vec![0], vec![1]]);
     }
 }

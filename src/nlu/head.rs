@@ -395,6 +395,28 @@ pub fn train(
     Ok((layers, score))
 }
 
+/// Inverse-frequency class weights (`n / (classes × count)`), or all ones when not `balanced`.
+pub fn class_weights(y: &[usize], n_classes: usize, balanced: bool) -> Vec<f32> {
+    if !balanced {
+        return vec![1.0; n_classes];
+    }
+    let mut counts = vec![0usize; n_classes];
+    for &c in y {
+        counts[c] += 1;
+    }
+    let n = y.len() as f32;
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                n / (n_classes as f32 * c as f32)
+            }
+        })
+        .collect()
+}
+
 /// Index of the largest value in each row.
 pub fn argmax_rows(t: &Tensor) -> candle_core::Result<Vec<usize>> {
     Ok(t.argmax(D::Minus1)?

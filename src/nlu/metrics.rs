@@ -33,6 +33,9 @@ pub struct Report {
     /// Share of in-scope rows wrongly rejected as out of scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_scope_rejected: Option<f64>,
+    /// Accuracy over in-scope rows of the top label alone, no out-of-scope rejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_set_accuracy: Option<f64>,
     /// Negative-vs-positive accuracy and macro-F1 over rows whose gold label is one of the two,
     /// predicting whichever of the two has the higher probability (sentiment only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,7 @@ impl Report {
             confusion: m,
             oos_recall,
             in_scope_rejected,
+            closed_set_accuracy: None,
             binary: None,
             note: String::new(),
         }
@@ -216,6 +220,9 @@ impl Report {
         }
         if let Some(r) = self.in_scope_rejected {
             s += &format!("in-scope rejected as out-of-scope {r:.4}\n");
+        }
+        if let Some(r) = self.closed_set_accuracy {
+            s += &format!("closed-set accuracy (top label, no rejection) {r:.4}\n");
         }
         if let Some(b) = &self.binary {
             s += &format!(
@@ -280,6 +287,10 @@ impl Report {
         }
         if let Some(r) = self.in_scope_rejected {
             extra += &format!("<li>in-scope rejected <b>{r:.4}</b></li>");
+        }
+        if let Some(r) = self.closed_set_accuracy {
+            extra +=
+                &format!("<li>closed-set accuracy (top label, no rejection) <b>{r:.4}</b></li>");
         }
         if let Some(b) = &self.binary {
             extra += &format!(
@@ -352,8 +363,10 @@ mod tests {
 
     #[test]
     fn html_escapes_labels() {
-        let r = Report::build("t", "<x>", vec!["<b>".into()], &[0], &[0], None);
-        assert!(!r.html().contains("<b>"));
+        let r = Report::build("t", "<x>", vec!["<script>".into()], &[0], &[0], None);
+        let html = r.html();
+        assert!(!html.contains("<script>") && !html.contains("<x>"));
+        assert!(html.contains("&lt;script&gt;"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod finetune;
 pub mod head;
 pub mod hub;
 pub mod metrics;

@@ -1,4 +1,5 @@
 //! The one integration-test binary: real models, real data, the real `shopdesk` binary.
 
+mod cli;
 mod common;
 mod nlu;

@@ -56,3 +56,101 @@ fn tokenizer_pads_to_the_batch_and_truncates_like_sentence_transformers() {
     }
     assert_eq!(enc.max_tokens(), 256);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_batches_concurrent_callers_and_answers_each_in_order() {
+    use shopdesk::nlu::{Nlu, NluConfig};
+    use std::sync::atomic::Ordering;
+
+    let cfg = NluConfig::new(common::encoder_source(), common::models_root());
+    let nlu = tokio::task::spawn_blocking(move || Nlu::start(cfg))
+        .await
+        .expect("join")
+        .expect("start nlu (needs the shipped heads in models/heads)");
+    let texts = [
+        "I want to cancel my order",
+        "how can I get a refund",
+        "I forgot my password",
+        "This is the worst service ever, I am furious",
+        "Thank you so much, the dress is lovely!",
+        "where is my package",
+    ];
+    let alone: Vec<_> = {
+        let mut v = Vec::new();
+        for t in texts {
+            v.push(
+                nlu.classify(vec![t.to_string()])
+                    .await
+                    .expect("classify")
+                    .remove(0),
+            );
+        }
+        v
+    };
+    let before = nlu.stats().batches.load(Ordering::Relaxed);
+    // 48 requests in flight at once: the worker must batch them and route each answer back.
+    let futures = (0..48).map(|i| {
+        let nlu = nlu.clone();
+        let t = texts[i % texts.len()].to_string();
+        async move { (i, nlu.classify(vec![t]).await) }
+    });
+    let results = futures_join_all(futures).await;
+    let batches = nlu.stats().batches.load(Ordering::Relaxed) - before;
+    for (i, r) in results {
+        let c = r.expect("classify").remove(0);
+        let a = &alone[i % texts.len()];
+        assert_eq!(
+            c.intent.as_ref().map(|p| &p.label),
+            a.intent.as_ref().map(|p| &p.label)
+        );
+        assert_eq!(
+            c.sentiment.as_ref().map(|p| &p.label),
+            a.sentiment.as_ref().map(|p| &p.label)
+        );
+        let (x, y) = (
+            c.intent.map(|p| p.confidence),
+            a.intent.as_ref().map(|p| p.confidence),
+        );
+        assert!((x.unwrap_or(0.0) - y.unwrap_or(0.0)).abs() < 1e-4);
+    }
+    assert!(
+        batches < 48,
+        "48 concurrent requests ran in {batches} batches"
+    );
+    assert_eq!(
+        alone[3].sentiment.as_ref().map(|p| p.label.as_str()),
+        Some("negative")
+    );
+    assert_eq!(
+        alone[4].sentiment.as_ref().map(|p| p.label.as_str()),
+        Some("positive")
+    );
+}
+
+/// Polls every future from one task so that all requests are queued before any answer arrives.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().collect();
+    let n = futs.len();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..n).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

@@ -1,0 +1,244 @@
+//! The `shopdesk` binary end to end: train → eval → classify, fine-tuning, bad data, bad models.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common;
+
+fn shopdesk(root: &Path, args: &[&str]) -> Output {
+    let model_dir = common::models_root().join("all-MiniLM-L6-v2");
+    common::encoder_source(); // fails loudly when the encoder is missing
+    Command::new(common::bin())
+        .args(["--models-root"])
+        .arg(root)
+        .arg("--model-dir")
+        .arg(&model_dir)
+        .arg("--cache-dir")
+        .arg(root.join("cache"))
+        .arg("--offline")
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run shopdesk")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "shopdesk failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn train_eval_classify_on_bitext() {
+    let bitext = common::data_file("bitext/bitext_customer_support.csv");
+    let sst2_dev = common::data_file("sst2/dev.tsv");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = format!("bitext:{}", bitext.display());
+    let oos = format!("sst2:{}", sst2_dev.display());
+    ok(&shopdesk(
+        root,
+        &["train", "intent", "--data", &data, "--oos-data", &oos],
+    ));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("heads/intent/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["labels"].as_array().map(Vec::len), Some(27));
+    assert!(manifest["threshold"]
+        .as_f64()
+        .is_some_and(|t| t > 0.0 && t < 1.0));
+    assert_eq!(manifest["training"]["seed"], 42);
+
+    let json = root.join("eval.json");
+    let html = root.join("eval.html");
+    let out = ok(&shopdesk(
+        root,
+        &[
+            "eval",
+            "intent",
+            "--data",
+            &data,
+            "--json",
+            json.to_str().unwrap_or_default(),
+            "--html",
+            html.to_str().unwrap_or_default(),
+        ],
+    ));
+    assert!(out.contains("held-out 20% split"), "{out}");
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json");
+    let acc = rep["accuracy"].as_f64().unwrap_or(0.0);
+    assert_eq!(rep["rows"], 902, "the held-out 20% of 4,514 rows");
+    assert!(acc > 0.97, "held-out accuracy {acc}");
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert!(page.contains("Confusion matrix") && page.contains("track_order"));
+
+    let out = ok(&shopdesk(
+        root,
+        &[
+            "classify",
+            "--json",
+            "I need to cancel the order I placed yesterday",
+            "what a dull, lifeless film",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines[0]["intent"]["label"], "cancel_order", "{out}");
+    assert_eq!(lines[0]["intent"]["out_of_scope"], false, "{out}");
+    assert_eq!(lines[1]["intent"]["out_of_scope"], true, "{out}");
+}
+
+#[test]
+fn finetune_runs_on_cpu_and_its_encoder_is_used() {
+    let bitext = common::data_file("bitext/bitext_customer_support.csv");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let data = format!("bitext:{}", bitext.display());
+    ok(&shopdesk(
+        root,
+        &[
+            "train",
+            "intent",
+            "--data",
+            &data,
+            "--max-rows",
+            "120",
+            "--finetune",
+            "--finetune-epochs",
+            "1",
+            "--finetune-batch",
+            "8",
+            "--epochs",
+            "20",
+        ],
+    ));
+    let dir = root.join("heads/intent");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(
+        manifest["encoder"]["finetuned_weights"],
+        "encoder.safetensors"
+    );
+    assert_eq!(manifest["training"]["finetune"], true);
+    let weights = dir.join("encoder.safetensors");
+    let sha = shopdesk::nlu::hub::sha256_file(&weights).expect("sha");
+    assert_eq!(manifest["encoder"]["sha256"], sha.as_str());
+    assert_ne!(
+        sha,
+        common::encoder().weights_sha256(),
+        "fine-tuning must change the weights"
+    );
+    let out = ok(&shopdesk(
+        root,
+        &["classify", "--json", "how do I get my money back"],
+    ));
+    assert!(out.contains("\"intent\""), "{out}");
+}
+
+#[test]
+fn bad_rows_are_reported_with_line_numbers_and_strict_stops() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let csv = root.join("small.csv");
+    // Real Bitext utterances, a few rows broken on purpose.
+    let bitext = common::data_file("bitext/bitext_customer_support.csv");
+    let ds = shopdesk::nlu::data::read(
+        &bitext,
+        &shopdesk::nlu::data::DataSpec::preset("bitext").expect("preset"),
+        false,
+    )
+    .expect("read");
+    let mut body = String::from("text,label\n");
+    for label in ["track_order", "get_refund"] {
+        for e in ds.examples.iter().filter(|e| e.label == label).take(30) {
+            body += &format!("\"{}\",{}\n", e.text.replace('"', "\"\""), e.label);
+        }
+    }
+    body += ",get_refund\n";
+    body += "where is it,\n";
+    std::fs::write(&csv, body).expect("write");
+    let out = shopdesk(
+        root,
+        &[
+            "train",
+            "intent",
+            "--data",
+            csv.to_str().unwrap_or_default(),
+            "--holdout",
+            "0",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("line 62: empty text"), "{err}");
+    assert!(err.contains("line 63: label missing"), "{err}");
+
+    let out = shopdesk(
+        root,
+        &[
+            "train",
+            "intent",
+            "--strict",
+            "--data",
+            csv.to_str().unwrap_or_default(),
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("line 62") && err.contains("--strict"), "{err}");
+}
+
+#[test]
+fn missing_and_corrupt_models_are_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let out = Command::new(common::bin())
+        .args(["--offline", "--models-root"])
+        .arg(root)
+        .args(["classify", "hello"])
+        .env("HF_HOME", root.join("hf"))
+        .output()
+        .expect("run");
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("shopdesk models fetch"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A truncated weights file under the default name: caught by its checksum.
+    let d = root.join("all-MiniLM-L6-v2");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let src = common::models_root().join("all-MiniLM-L6-v2");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), d.join(f)).expect("copy");
+    }
+    let weights = std::fs::read(src.join("model.safetensors")).expect("read");
+    std::fs::write(d.join("model.safetensors"), &weights[..weights.len() / 2]).expect("write");
+    let out = Command::new(common::bin())
+        .args(["--offline", "--models-root"])
+        .arg(root)
+        .args(["classify", "hello"])
+        .output()
+        .expect("run");
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("corrupt") && err.contains("models fetch --force"),
+        "{err}"
+    );
+}
