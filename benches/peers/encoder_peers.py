@@ -92,7 +92,16 @@ def main():
         fp32 = os.path.join(work, "minilm.onnx")
         int8 = os.path.join(work, "minilm-int8.onnx")
         if not os.path.exists(fp32):
-            bert = t.auto_model.eval()
+            class Wrap(torch.nn.Module):
+                def __init__(self, m):
+                    super().__init__()
+                    self.m = m
+
+                def forward(self, input_ids, attention_mask, token_type_ids):
+                    return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+
+            bert = Wrap(t.auto_model.eval())
             enc = tok(["hello world"], return_tensors="pt")
             torch.onnx.export(
                 bert,

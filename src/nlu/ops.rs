@@ -45,6 +45,124 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// Compiles `body` three times — AVX-512, AVX2+FMA and baseline — and picks at run time. The
+/// crate is built for baseline x86-64 (SSE2), so without this the hot loops below would run
+/// 4 lanes wide on machines that have 16.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    unsafe fn v4($($arg: $ty),*) $body
+                    // Safety: the CPU has the features `v4` was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn v3($($arg: $ty),*) $body
+                    // Safety: the CPU has the features `v3` was compiled for.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+/// Sum with 16 independent accumulators, so the compiler can keep them in one vector register
+/// (a single running sum has to be added in order and stays scalar).
+#[inline(always)]
+fn sum16(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut it = v.chunks_exact(16);
+    for c in &mut it {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    let mut s: f32 = it.remainder().iter().sum();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+#[inline(always)]
+fn max16(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut it = v.chunks_exact(16);
+    for c in &mut it {
+        for i in 0..16 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let mut m = it
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for a in acc {
+        m = m.max(a);
+    }
+    m
+}
+
+multiversion! {
+    /// GELU (erf) in place.
+    fn gelu_inplace(d: &mut [f32]) {
+        for v in d.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax of one row in place.
+    fn softmax_inplace(row: &mut [f32]) {
+        let max = max16(row);
+        for s in row.iter_mut() {
+            *s = fast_exp(*s - max);
+        }
+        let inv = 1.0 / sum16(row);
+        for s in row.iter_mut() {
+            *s *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// `d = LayerNorm(x + r) * g + b` for one row.
+    fn add_layer_norm_row(d: &mut [f32], x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f32) {
+        for ((d, &a), &c) in d.iter_mut().zip(x).zip(r) {
+            *d = a + c;
+        }
+        let mean = sum16(d) / d.len() as f32;
+        for v in d.iter_mut() {
+            *v -= mean;
+        }
+        let mut acc = [0f32; 16];
+        let mut it = d.chunks_exact(16);
+        for c in &mut it {
+            for i in 0..16 {
+                acc[i] += c[i] * c[i];
+            }
+        }
+        let mut var: f32 = it.remainder().iter().map(|v| v * v).sum();
+        for a in acc {
+            var += a;
+        }
+        let inv = 1.0 / (var / d.len() as f32 + eps).sqrt();
+        for ((v, &g), &b) in d.iter_mut().zip(g).zip(b) {
+            *v = *v * inv * g + b;
+        }
+    }
+}
+
 const CHUNK: usize = 4096;
 
 struct GeluErf;
@@ -63,9 +181,8 @@ impl CustomOp1 for GeluErf {
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .for_each(|(d, s)| {
-                for (d, &s) in d.iter_mut().zip(s) {
-                    *d = gelu(s);
-                }
+                d.copy_from_slice(s);
+                gelu_inplace(d);
             });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -108,18 +225,8 @@ impl CustomOp1 for MaskedSoftmax<'_> {
             .enumerate()
             .for_each(|(row, (d, s))| {
                 let n = self.lens[row * tk / per_batch].clamp(1, tk);
-                let s = &s[..n];
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for (d, &v) in d[..n].iter_mut().zip(s) {
-                    let e = fast_exp(v - max);
-                    *d = e;
-                    sum += e;
-                }
-                let inv = 1.0 / sum;
-                for d in &mut d[..n] {
-                    *d *= inv;
-                }
+                d[..n].copy_from_slice(&s[..n]);
+                softmax_inplace(&mut d[..n]);
             });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -244,8 +351,10 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-fn threads() -> gemm::Parallelism {
-    let n = candle_core::utils::get_num_threads();
+/// Row counts up to this use column-band threading in `Linear`.
+const SMALL_ROWS: usize = 64;
+
+fn threads_parallelism(n: usize) -> gemm::Parallelism {
     if n > 1 {
         gemm::Parallelism::Rayon(n)
     } else {
@@ -305,36 +414,68 @@ impl candle_core::CustomOp3 for Linear {
         for _ in 0..n {
             dst.extend_from_slice(b);
         }
-        // Safety: all pointers cover the sizes passed with row-major strides.
-        unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                m as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                m as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                threads(),
-            );
-        }
-        if self.gelu {
-            dst.par_chunks_mut(CHUNK).for_each(|c| {
-                for v in c {
-                    *v = gelu(*v);
+        let threads = candle_core::utils::get_num_threads();
+        if n <= SMALL_ROWS && threads > 1 {
+            // Few rows (one chat message): gemm's own threading splits this poorly, so give
+            // each thread its own band of output columns and run single-threaded gemms.
+            let band = m.div_ceil(threads).next_multiple_of(16);
+            let out = SharedOut(dst.as_mut_ptr());
+            (0..m.div_ceil(band)).into_par_iter().for_each(|i| {
+                let c0 = i * band;
+                let width = band.min(m - c0);
+                // Safety: each band writes only its own columns of `dst`.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        width,
+                        k,
+                        out.at(c0),
+                        1,
+                        m as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr().add(c0),
+                        1,
+                        m as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             });
+        } else {
+            // Safety: all pointers cover the sizes passed with row-major strides.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    m,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    m as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    threads_parallelism(threads),
+                );
+            }
+        }
+        if self.gelu {
+            dst.par_chunks_mut(CHUNK).for_each(gelu_inplace);
         }
         Ok((CpuStorage::F32(dst), Shape::from((n, m))))
     }
@@ -385,23 +526,7 @@ impl candle_core::CustomOp3 for AddLayerNorm {
         let mut dst = vec![0f32; n * h];
         dst.par_chunks_mut(h)
             .zip(x.par_chunks(h).zip(r.par_chunks(h)))
-            .for_each(|(d, (x, r))| {
-                let mut sum = 0.0;
-                for ((d, &a), &b) in d.iter_mut().zip(x).zip(r) {
-                    *d = a + b;
-                    sum += *d;
-                }
-                let mean = sum / h as f32;
-                let mut var = 0.0;
-                for d in d.iter_mut() {
-                    *d -= mean;
-                    var += *d * *d;
-                }
-                let inv = 1.0 / (var / h as f32 + self.eps).sqrt();
-                for ((d, &g), &b) in d.iter_mut().zip(g).zip(bta) {
-                    *d = *d * inv * g + b;
-                }
-            });
+            .for_each(|(d, (x, r))| add_layer_norm_row(d, x, r, g, bta, self.eps));
         Ok((CpuStorage::F32(dst), xl.shape().clone()))
     }
 }
@@ -482,16 +607,7 @@ impl CustomOp1 for Attention<'_> {
                 );
             }
             for row in scores.chunks_mut(n) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in row.iter_mut() {
-                    *s = fast_exp(*s - max);
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                for s in row.iter_mut() {
-                    *s *= inv;
-                }
+                softmax_inplace(row);
             }
             unsafe {
                 // out_i = Σ_j p[i][j] v_j
