@@ -18,7 +18,10 @@ run: models
 
 test:
 	$(CARGO) run -q -- models fetch
-	$(CARGO) test --all-targets
+	# Benches run once in smoke mode (tiny inputs) so they cannot rot; the tests come last so
+	# that their summary closes the output.
+	$(CARGO) test -q --benches
+	$(CARGO) test --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check
