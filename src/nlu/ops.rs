@@ -249,98 +249,6 @@ pub fn masked_softmax(scores: &Tensor, lens: &[usize], mask: Option<&Tensor>) ->
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn fast_exp_and_erf_are_accurate() {
-        let mut worst_exp = 0f32;
-        let mut worst_erf = 0f32;
-        let mut x = -30.0f32;
-        while x < 30.0 {
-            worst_exp = worst_exp.max(((fast_exp(x) - x.exp()) / x.exp()).abs());
-            let e = libm_erf(x as f64) as f32;
-            worst_erf = worst_erf.max((fast_erf(x) - e).abs());
-            x += 0.0137;
-        }
-        assert!(worst_exp < 2e-6, "exp relative error {worst_exp}");
-        assert!(worst_erf < 1e-6, "erf abs error {worst_erf}");
-    }
-
-    /// erf by its Taylor series / continued fraction in f64, as an independent reference.
-    fn libm_erf(x: f64) -> f64 {
-        if x.abs() < 2.5 {
-            let mut sum = 0.0;
-            let mut term = x;
-            let mut n = 0.0;
-            while term.abs() > 1e-17 {
-                sum += term / (2.0 * n + 1.0);
-                n += 1.0;
-                term *= -x * x / n;
-            }
-            sum * 2.0 / std::f64::consts::PI.sqrt()
-        } else {
-            // erfc continued fraction (Lentz), accurate for |x| >= 2.5.
-            let a = x.abs();
-            let mut f = 0.0;
-            for k in (1..60).rev() {
-                f = (k as f64 / 2.0) / (a + f);
-            }
-            let erfc = (-a * a).exp() / (std::f64::consts::PI.sqrt() * (a + f));
-            (1.0 - erfc).copysign(x)
-        }
-    }
-
-    #[test]
-    fn ops_match_candle() {
-        let dev = Device::Cpu;
-        let x = Tensor::arange(-400i64, 400, &dev)
-            .and_then(|t| t.to_dtype(candle_core::DType::F32))
-            .and_then(|t| t / 60.0)
-            .and_then(|t| t.reshape((2, 1, 20, 20)))
-            .expect("tensor");
-        let ours = gelu_erf(&x)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("gelu");
-        let theirs = x
-            .gelu_erf()
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("gelu");
-        let d = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(d < 1e-5, "gelu diff {d}");
-
-        let lens = [20, 13];
-        let mask: Vec<f32> = (0..40)
-            .map(|i| if i % 20 < lens[i / 20] { 0.0 } else { -1e9 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (2, 1, 1, 20), &dev).expect("mask");
-        let ours = masked_softmax(&x, &lens, Some(&mask))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("softmax");
-        let theirs = x
-            .broadcast_add(&mask)
-            .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("softmax");
-        let d = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(d < 1e-6, "softmax diff {d}");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fused encoder-layer kernels (CPU). Each replaces several candle ops and their temporaries.
 
@@ -647,5 +555,118 @@ pub fn attention(qkv: &Tensor, lens: &[usize], heads: usize) -> Result<Option<Te
         ))
     } else {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f32;
+        let mut worst_erf = 0f32;
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            worst_exp = worst_exp.max(((fast_exp(x) - x.exp()) / x.exp()).abs());
+            let e = libm_erf(x as f64) as f32;
+            worst_erf = worst_erf.max((fast_erf(x) - e).abs());
+            x += 0.0137;
+        }
+        assert!(worst_exp < 2e-6, "exp relative error {worst_exp}");
+        assert!(worst_erf < 1e-6, "erf abs error {worst_erf}");
+    }
+
+    /// erf by its Taylor series / continued fraction in f64, as an independent reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() < 2.5 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc continued fraction (Lentz), accurate for |x| >= 2.5.
+            let a = x.abs();
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (a + f);
+            }
+            let erfc = (-a * a).exp() / (std::f64::consts::PI.sqrt() * (a + f));
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    #[test]
+    fn ops_match_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(-400i64, 400, &dev)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t / 60.0)
+            .and_then(|t| t.reshape((2, 1, 20, 20)))
+            .expect("tensor");
+        let d = max_diff(&gelu_erf(&x), &x.gelu_erf());
+        assert!(d < 1e-5, "gelu diff {d}");
+
+        let lens = [20, 13];
+        let mask: Vec<f32> = (0..40)
+            .map(|i| if i % 20 < lens[i / 20] { 0.0 } else { -1e9 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (2, 1, 1, 20), &dev).expect("mask");
+        let theirs = x
+            .broadcast_add(&mask)
+            .and_then(|s| candle_nn::ops::softmax_last_dim(&s));
+        let d = max_diff(&masked_softmax(&x, &lens, Some(&mask)), &theirs);
+        assert!(d < 1e-6, "softmax diff {d}");
+    }
+
+    fn max_diff(a: &Result<Tensor>, b: &Result<Tensor>) -> f32 {
+        let v = |t: &Result<Tensor>| {
+            t.as_ref()
+                .expect("op")
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("vec")
+        };
+        v(a).iter()
+            .zip(&v(b))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn rand_tensor(rng: &mut fastrand::Rng, shape: (usize, usize)) -> Tensor {
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.f32() - 0.5).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    }
+
+    #[test]
+    fn fused_linear_and_layer_norm_match_candle_for_short_and_long_inputs() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let (k, m) = (64, 96);
+        let w_t = rand_tensor(&mut rng, (k, m));
+        let b = rand_tensor(&mut rng, (1, m)).flatten_all().expect("b");
+        for n in [1, 15, 200] {
+            let x = rand_tensor(&mut rng, (n, k));
+            let reference = x.matmul(&w_t).and_then(|y| y.broadcast_add(&b));
+            let d = max_diff(&linear(&x, &w_t, &b, false), &reference);
+            assert!(d < 1e-4, "linear n={n}: {d}");
+            let d = max_diff(
+                &linear(&x, &w_t, &b, true),
+                &reference.as_ref().expect("ref").gelu_erf(),
+            );
+            assert!(d < 1e-4, "linear+gelu n={n}: {d}");
+        }
+        let x = rand_tensor(&mut rng, (7, m));
+        let r = rand_tensor(&mut rng, (7, m));
+        let g = rand_tensor(&mut rng, (1, m)).flatten_all().expect("g");
+        let gb = Tensor::stack(&[&g, &b], 0).expect("gb");
+        let reference = (&x + &r).and_then(|s| candle_nn::ops::layer_norm(&s, &g, &b, 1e-12));
+        let d = max_diff(&add_layer_norm(&x, &r, &gb, 1e-12), &reference);
+        assert!(d < 1e-4, "add+layernorm {d}");
     }
 }
