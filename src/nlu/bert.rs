@@ -21,6 +21,8 @@ struct Linear {
     /// `[in, out]`, contiguous.
     w_t: Tensor,
     b: Tensor,
+    /// The same weights in panels for the small-input CPU kernel (AVX-512 machines).
+    packed: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -31,15 +33,17 @@ impl Linear {
     }
 
     fn from_parts(w: &Tensor, b: Tensor) -> candle_core::Result<Self> {
+        let w_t = w.t()?.contiguous()?;
         Ok(Linear {
-            w_t: w.t()?.contiguous()?,
+            packed: ops::pack_for_small_inputs(&w_t)?,
+            w_t,
             b,
         })
     }
 
     /// `x`: `[n, in]` → `[n, out]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear(x, &self.w_t, &self.b, false)
+        ops::linear(x, &self.w_t, &self.b, false, self.packed.as_deref())
     }
 }
 
@@ -208,7 +212,13 @@ impl Bert {
             if let Some(ctx) = ops::attention(&l.qkv.forward(x)?, lens, nh)? {
                 // CPU: fused kernels end to end.
                 let x = l.ln1.forward_add(&l.attn_out.forward(&ctx)?, x)?;
-                let f = ops::linear(&x, &l.ff_in.w_t, &l.ff_in.b, true)?;
+                let f = ops::linear(
+                    &x,
+                    &l.ff_in.w_t,
+                    &l.ff_in.b,
+                    true,
+                    l.ff_in.packed.as_deref(),
+                )?;
                 return l.ln2.forward_add(&l.ff_out.forward(&f)?, &x);
             }
         }

@@ -163,6 +163,101 @@ multiversion! {
     }
 }
 
+/// Small-input linear layer (one chat message): an AVX-512 register-tiled kernel.
+///
+/// gemm is built for large inputs; at ~15 rows `perf` showed it re-reading the 42 MB of layer
+/// weights. Here each job owns 32 output columns and streams that slice of the weights once,
+/// applying it to all rows 8 at a time with 16 accumulators held in registers.
+#[cfg(target_arch = "x86_64")]
+mod small {
+    use super::{IntoParallelIterator, ParallelIterator, SharedOut};
+    use std::arch::x86_64::*;
+
+    pub const COLS: usize = 32;
+    const ROWS: usize = 8;
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// Repacks `w_t` (`[k × m]`, row-major) into 32-column panels `[m/32][k][32]`, so that the
+    /// kernel streams each panel sequentially instead of 128 bytes every `4m` bytes.
+    pub fn pack(w_t: &[f32], k: usize, m: usize) -> Vec<f32> {
+        let mut p = Vec::with_capacity(k * m);
+        for t in 0..m / COLS {
+            for kk in 0..k {
+                p.extend_from_slice(&w_t[kk * m + t * COLS..kk * m + (t + 1) * COLS]);
+            }
+        }
+        p
+    }
+
+    /// `dst[n × m] = x[n × k] @ w + b` with `w` from [`pack`]; `m` a multiple of 32.
+    /// Call only if `available()`.
+    pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, b: &[f32], dst: &mut [f32]) {
+        assert!(x.len() >= n * k && w.len() >= k * m && b.len() >= m && dst.len() >= n * m);
+        assert!(m.is_multiple_of(COLS) && available());
+        let groups = n.div_ceil(ROWS);
+        // Row groups transposed to [k][8], zero-padded past the last row.
+        let mut xt = vec![0f32; groups * k * ROWS];
+        for (i, row) in x.chunks(k).take(n).enumerate() {
+            let (g, r) = (i / ROWS, i % ROWS);
+            for (kk, &v) in row.iter().enumerate() {
+                xt[(g * k + kk) * ROWS + r] = v;
+            }
+        }
+        let out = SharedOut(dst.as_mut_ptr());
+        (0..m / COLS).into_par_iter().for_each(|t| {
+            let j0 = t * COLS;
+            for g in 0..groups {
+                let rows = (n - g * ROWS).min(ROWS);
+                // Safety: the asserts above bound every pointer; each job writes only its own
+                // 32 columns; the CPU has AVX-512 (asserted).
+                unsafe {
+                    tile(
+                        xt.as_ptr().add(g * k * ROWS),
+                        k,
+                        w.as_ptr().add(t * k * COLS),
+                        m,
+                        b.as_ptr().add(j0),
+                        out.at(g * ROWS * m + j0),
+                        rows,
+                    );
+                }
+            }
+        });
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile(
+        xt: *const f32,
+        k: usize,
+        w: *const f32,
+        m: usize,
+        b: *const f32,
+        out: *mut f32,
+        rows: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 2 * ROWS];
+        for kk in 0..k {
+            let w0 = _mm512_loadu_ps(w.add(kk * COLS));
+            let w1 = _mm512_loadu_ps(w.add(kk * COLS + 16));
+            let xp = xt.add(kk * ROWS);
+            for r in 0..ROWS {
+                let xv = _mm512_set1_ps(*xp.add(r));
+                acc[2 * r] = _mm512_fmadd_ps(xv, w0, acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(xv, w1, acc[2 * r + 1]);
+            }
+        }
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
+        for r in 0..rows {
+            _mm512_storeu_ps(out.add(r * m), _mm512_add_ps(acc[2 * r], b0));
+            _mm512_storeu_ps(out.add(r * m + 16), _mm512_add_ps(acc[2 * r + 1], b1));
+        }
+    }
+}
+
 const CHUNK: usize = 4096;
 
 struct GeluErf;
@@ -287,11 +382,12 @@ impl SharedOut {
 }
 
 /// `x @ w_t + b`, optionally followed by GELU: one gemm that starts from the bias rows.
-struct Linear {
+struct Linear<'a> {
     gelu: bool,
+    packed: Option<&'a [f32]>,
 }
 
-impl candle_core::CustomOp3 for Linear {
+impl candle_core::CustomOp3 for Linear<'_> {
     fn name(&self) -> &'static str {
         "shopdesk-linear"
     }
@@ -323,7 +419,14 @@ impl candle_core::CustomOp3 for Linear {
             dst.extend_from_slice(b);
         }
         let threads = candle_core::utils::get_num_threads();
-        if n <= SMALL_ROWS && threads > 1 {
+        #[cfg(target_arch = "x86_64")]
+        let packed = self.packed.filter(|p| n <= SMALL_ROWS && p.len() == k * m);
+        #[cfg(not(target_arch = "x86_64"))]
+        let packed: Option<&[f32]> = None;
+        if let Some(_p) = packed {
+            #[cfg(target_arch = "x86_64")]
+            small::linear(x, n, k, _p, m, b, &mut dst);
+        } else if n <= SMALL_ROWS && threads > 1 {
             // Few rows (one chat message): gemm's own threading splits this poorly, so give
             // each thread its own band of output columns and run single-threaded gemms.
             let band = m.div_ceil(threads).next_multiple_of(16);
@@ -389,11 +492,44 @@ impl candle_core::CustomOp3 for Linear {
     }
 }
 
-/// `x @ w_t + b` (with GELU when `gelu`), `x`: `[n, in]`, `w_t`: `[in, out]`.
-pub fn linear(x: &Tensor, w_t: &Tensor, b: &Tensor, gelu_after: bool) -> Result<Tensor> {
+/// Weights repacked for the small-input kernel, when this CPU has it (AVX-512) and the shape
+/// fits; `None` otherwise.
+pub fn pack_for_small_inputs(w_t: &Tensor) -> Result<Option<Vec<f32>>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (k, m) = w_t.dims2()?;
+        if w_t.device().is_cpu()
+            && w_t.dtype() == candle_core::DType::F32
+            && m.is_multiple_of(small::COLS)
+            && small::available()
+        {
+            let v = w_t.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Some(small::pack(&v, k, m)));
+        }
+    }
+    let _ = w_t;
+    Ok(None)
+}
+
+/// `x @ w_t + b` (with GELU when `gelu`), `x`: `[n, in]`, `w_t`: `[in, out]`; `packed` from
+/// [`pack_for_small_inputs`] speeds up inputs of a few rows.
+pub fn linear(
+    x: &Tensor,
+    w_t: &Tensor,
+    b: &Tensor,
+    gelu_after: bool,
+    packed: Option<&[f32]>,
+) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         let x = x.contiguous()?;
-        x.apply_op3_no_bwd(w_t, b, &Linear { gelu: gelu_after })
+        x.apply_op3_no_bwd(
+            w_t,
+            b,
+            &Linear {
+                gelu: gelu_after,
+                packed,
+            },
+        )
     } else {
         let y = x.matmul(w_t)?.broadcast_add(b)?;
         if gelu_after {
@@ -653,10 +789,13 @@ mod tests {
         for n in [1, 15, 200] {
             let x = rand_tensor(&mut rng, (n, k));
             let reference = x.matmul(&w_t).and_then(|y| y.broadcast_add(&b));
-            let d = max_diff(&linear(&x, &w_t, &b, false), &reference);
+            let d = max_diff(&linear(&x, &w_t, &b, false, None), &reference);
+            assert!(d < 1e-4, "linear n={n}: {d}");
+            let packed = pack_for_small_inputs(&w_t).expect("pack");
+            let d = max_diff(&linear(&x, &w_t, &b, false, packed.as_deref()), &reference);
             assert!(d < 1e-4, "linear n={n}: {d}");
             let d = max_diff(
-                &linear(&x, &w_t, &b, true),
+                &linear(&x, &w_t, &b, true, packed.as_deref()),
                 &reference.as_ref().expect("ref").gelu_erf(),
             );
             assert!(d < 1e-4, "linear+gelu n={n}: {d}");
