@@ -187,9 +187,40 @@ impl Encoder {
         let type_ids = Tensor::from_vec(type_ids, (b, t), dev)?;
         let mask = Tensor::from_vec(mask, (b, t), dev)?;
         let hidden = self.model.forward(&ids, &type_ids, &lens)?;
+        if dev.is_cpu() {
+            // A dozen tiny candle ops cost more than the arithmetic at chat sizes.
+            return Ok(pool_cpu(&hidden.flatten_all()?.to_vec1::<f32>()?, &lens, t));
+        }
         let pooled = mean_pool_normalize(&hidden, &mask)?;
         Ok(pooled.to_vec2::<f32>()?)
     }
+}
+
+/// Mean over each row's first `lens[i]` token vectors, L2-normalised; `hidden` is `[b, t, h]`
+/// flattened.
+fn pool_cpu(hidden: &[f32], lens: &[usize], t: usize) -> Vec<Vec<f32>> {
+    let b = lens.len().max(1);
+    let h = hidden.len() / (b * t).max(1);
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut v = vec![0f32; h];
+            for tok in hidden[i * t * h..].chunks(h).take(n.max(1)) {
+                for (a, x) in v.iter_mut().zip(tok) {
+                    *a += x;
+                }
+            }
+            let n = n.max(1) as f32;
+            let norm = v
+                .iter()
+                .map(|x| (x / n) * (x / n))
+                .sum::<f32>()
+                .sqrt()
+                .max(1e-12);
+            v.iter_mut().for_each(|x| *x = *x / n / norm);
+            v
+        })
+        .collect()
 }
 
 /// Cuts `order` (indices sorted by length) into consecutive runs that respect the limits.

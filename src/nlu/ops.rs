@@ -486,7 +486,12 @@ impl candle_core::CustomOp3 for Linear<'_> {
             }
         }
         if self.gelu {
-            dst.par_chunks_mut(CHUNK).for_each(gelu_inplace);
+            if n <= SMALL_ROWS {
+                // Waking rayon's workers costs more than this loop at chat sizes.
+                gelu_inplace(&mut dst);
+            } else {
+                dst.par_chunks_mut(CHUNK).for_each(gelu_inplace);
+            }
         }
         Ok((CpuStorage::F32(dst), Shape::from((n, m))))
     }
@@ -568,9 +573,19 @@ impl candle_core::CustomOp3 for AddLayerNorm {
         }
         let (g, bta) = gb.split_at(h);
         let mut dst = vec![0f32; n * h];
-        dst.par_chunks_mut(h)
-            .zip(x.par_chunks(h).zip(r.par_chunks(h)))
-            .for_each(|(d, (x, r))| add_layer_norm_row(d, x, r, g, bta, self.eps));
+        let row = |(d, (x, r)): (&mut [f32], (&[f32], &[f32]))| {
+            add_layer_norm_row(d, x, r, g, bta, self.eps)
+        };
+        if n <= SMALL_ROWS {
+            // Waking rayon's workers costs more than this loop at chat sizes.
+            dst.chunks_mut(h)
+                .zip(x.chunks(h).zip(r.chunks(h)))
+                .for_each(row);
+        } else {
+            dst.par_chunks_mut(h)
+                .zip(x.par_chunks(h).zip(r.par_chunks(h)))
+                .for_each(row);
+        }
         Ok((CpuStorage::F32(dst), xl.shape().clone()))
     }
 }
@@ -616,7 +631,7 @@ impl CustomOp1 for Attention<'_> {
         let hd = h / nh;
         let mut out = vec![0f32; bt * h];
         let outp = SharedOut(out.as_mut_ptr());
-        (0..b * nh).into_par_iter().for_each(|job| {
+        let job = |job: usize| {
             let (bi, head) = (job / nh, job % nh);
             let n = self.lens[bi].clamp(1, t);
             let base = bi * t * h3;
@@ -677,7 +692,13 @@ impl CustomOp1 for Attention<'_> {
                     gemm::Parallelism::None,
                 );
             }
-        });
+        };
+        if bt <= SMALL_ROWS {
+            // One short message: twelve tiny jobs, cheaper here than waking rayon's workers.
+            (0..b * nh).for_each(job);
+        } else {
+            (0..b * nh).into_par_iter().for_each(job);
+        }
         Ok((CpuStorage::F32(out), Shape::from((bt, h))))
     }
 }
