@@ -6,8 +6,12 @@ CARGO ?= cargo
 models:
 	$(CARGO) run --release -q -- models fetch
 
-# Demo: classify a few shop messages with the shipped intent and sentiment heads.
+# Demo: index the demo shop's FAQ, answer a few shopper questions, classify a few messages.
 run: models
+	$(CARGO) run --release -q -- index build --faq index/demo-faq.csv
+	$(CARGO) run --release -q -- ask "Hi, where is my order 4451-23? It has not arrived"
+	$(CARGO) run --release -q -- ask "can I pay with paypal"
+	$(CARGO) run --release -q -- ask "how do I send back a dress that doesn't fit"
 	$(CARGO) run --release -q -- classify \
 		"Hi, where is my order 4451-23?" \
 		"I want to talk to a real person" \

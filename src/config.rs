@@ -18,6 +18,9 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub index_dir: Option<PathBuf>,
+    pub prompts_dir: Option<PathBuf>,
+    pub locale: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

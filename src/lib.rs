@@ -3,4 +3,6 @@
 //! One folder per capability; the binary (`src/main.rs`, `src/cli/`) maps commands onto them.
 
 pub mod config;
+pub mod faq;
 pub mod nlu;
+pub mod table;

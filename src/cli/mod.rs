@@ -1,6 +1,7 @@
 //! Subcommands, mapped onto the library. Errors end here: one line on stderr, exit code 1.
 
 mod classify;
+mod faq;
 mod models;
 mod train;
 
@@ -51,6 +52,15 @@ pub struct GlobalArgs {
     /// Cache for embeddings computed during training and evaluation.
     #[arg(long, env = "SHOPDESK_CACHE_DIR", global = true)]
     cache_dir: Option<PathBuf>,
+    /// The FAQ index (built by `shopdesk index build`).
+    #[arg(long, env = "SHOPDESK_INDEX_DIR", global = true)]
+    index_dir: Option<PathBuf>,
+    /// Shop profile, placeholder table and reply texts.
+    #[arg(long, env = "SHOPDESK_PROMPTS", global = true)]
+    prompts_dir: Option<PathBuf>,
+    /// Locale of reply texts (`prompts/<locale>.toml`).
+    #[arg(long, env = "SHOPDESK_LOCALE", global = true)]
+    locale: Option<String>,
     /// Never download from the Hugging Face Hub (also HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     offline: bool,
@@ -63,6 +73,9 @@ pub struct Settings {
     pub encoder: EncoderSource,
     pub device: DeviceSpec,
     pub cache_dir: Option<PathBuf>,
+    pub index_dir: PathBuf,
+    pub prompts_dir: PathBuf,
+    pub locale: String,
 }
 
 impl GlobalArgs {
@@ -102,6 +115,21 @@ impl GlobalArgs {
             encoder,
             device,
             cache_dir,
+            index_dir: self
+                .index_dir
+                .clone()
+                .or(file.index_dir)
+                .unwrap_or_else(|| PathBuf::from("index/faq")),
+            prompts_dir: self
+                .prompts_dir
+                .clone()
+                .or(file.prompts_dir)
+                .unwrap_or_else(|| PathBuf::from("prompts")),
+            locale: self
+                .locale
+                .clone()
+                .or(file.locale)
+                .unwrap_or_else(|| "en".into()),
         })
     }
 }
@@ -117,6 +145,14 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify texts: intent, confidence, sentiment, timing.
     Classify(classify::ClassifyArgs),
+    /// Build, extend, inspect and evaluate the FAQ index.
+    #[command(subcommand)]
+    Index(faq::IndexCommand),
+    /// Answer a question from the FAQ: top answers with their scores and the filled reply.
+    Ask(faq::AskArgs),
+    /// Slots in messages (order numbers, e-mails, amounts, ...): extract, or evaluate on Bitext.
+    #[command(subcommand)]
+    Slots(faq::SlotsCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -151,6 +187,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run_train(a, &settings),
         Command::Eval(a) => train::run_eval(a, &settings),
         Command::Classify(a) => classify::run(a, &settings),
+        Command::Index(c) => faq::run_index(c, &settings),
+        Command::Ask(a) => faq::run_ask(a, &settings),
+        Command::Slots(c) => faq::run_slots(c, &settings),
     }
 }
 

@@ -4,9 +4,9 @@
 //! the first present header wins) and joins (`Title+Review Text`: non-empty parts joined with
 //! ". "). Bad rows are collected with their line numbers; the caller decides to skip or stop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,26 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::{NluError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Csv,
-    Tsv,
-    Jsonl,
-}
-
-impl Format {
-    /// From the file extension (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`/`.json`).
-    pub fn from_path(p: &Path) -> Option<Format> {
-        let ext = p.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "csv" => Some(Format::Csv),
-            "tsv" | "tab" => Some(Format::Tsv),
-            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
-            _ => None,
-        }
-    }
-}
+pub use crate::table::Format;
+use crate::table::{Column, Rows};
 
 /// How to read one labelled file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,52 +101,6 @@ pub struct Dataset {
     pub sha256: String,
 }
 
-enum TextCol {
-    Alternatives(Vec<String>),
-    Join(Vec<String>),
-}
-
-impl TextCol {
-    fn parse(spec: &str) -> Self {
-        if spec.contains('+') {
-            TextCol::Join(spec.split('+').map(|s| s.trim().to_string()).collect())
-        } else {
-            TextCol::Alternatives(spec.split('|').map(|s| s.trim().to_string()).collect())
-        }
-    }
-
-    /// Resolves to header positions; alternatives pick the first present.
-    fn resolve(&self, headers: &HashMap<String, usize>) -> Option<Vec<usize>> {
-        match self {
-            TextCol::Alternatives(a) => a.iter().find_map(|c| headers.get(c)).map(|&i| vec![i]),
-            TextCol::Join(j) => j.iter().map(|c| headers.get(c).copied()).collect(),
-        }
-    }
-
-    fn names(&self) -> String {
-        match self {
-            TextCol::Alternatives(a) => a.join(" or "),
-            TextCol::Join(j) => j.join(" and "),
-        }
-    }
-}
-
-fn join_parts<'a>(parts: impl Iterator<Item = &'a str>) -> String {
-    let parts: Vec<&str> = parts.map(str::trim).filter(|s| !s.is_empty()).collect();
-    let mut out = String::new();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            // Keep a title's last punctuation instead of doubling it.
-            if !out.ends_with(['.', '!', '?']) {
-                out.push('.');
-            }
-            out.push(' ');
-        }
-        out.push_str(p);
-    }
-    out
-}
-
 /// Reads a labelled file. Rows with missing or empty text, missing labels, unmapped labels or
 /// invalid UTF-8 go to `bad`; with `strict` the first one is an error instead.
 pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
@@ -182,14 +118,24 @@ pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
                 "cannot tell the format from the extension: pass --format",
             )
         })?;
-    let text_col = TextCol::parse(&spec.text);
     let mut ds = Dataset {
         sha256,
         ..Default::default()
     };
-    let mut push = |line: u64, row: RawRow| -> Result<()> {
+    let rows = Rows::new(
+        &bytes[..],
+        format,
+        vec![Column::parse(&spec.text), Column::parse(&spec.label)],
+        &[true, true],
+    )
+    .map_err(|e| data_err(path, &e.to_string()))?;
+    for (line, row) in rows {
         let outcome = match row {
-            Ok((text, label)) => classify_row(text, label, &spec.label_map),
+            Ok(mut v) => {
+                let label = v.pop().flatten();
+                let text = v.pop().flatten();
+                classify_row(text, label, &spec.label_map)
+            }
             Err(reason) => Row::Bad(reason.into()),
         };
         match outcome {
@@ -202,119 +148,9 @@ pub fn read(path: &Path, spec: &DataSpec, strict: bool) -> Result<Dataset> {
                 ds.bad.push(BadRow { line, reason });
             }
         }
-        Ok(())
-    };
-    match format {
-        Format::Csv | Format::Tsv => {
-            let mut rdr = csv::ReaderBuilder::new()
-                .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
-                // TSV files in the wild (SST-2) use bare quotes inside text.
-                .quoting(format == Format::Csv)
-                .flexible(true)
-                .from_reader(&bytes[..]);
-            let headers: HashMap<String, usize> = rdr
-                .byte_headers()
-                .map_err(|e| data_err(path, &e.to_string()))?
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    let h = String::from_utf8_lossy(h);
-                    (h.trim_start_matches('\u{feff}').trim().to_string(), i)
-                })
-                .collect();
-            let text_idx = text_col.resolve(&headers).ok_or_else(|| {
-                data_err(
-                    path,
-                    &format!("no text column {} in the header", text_col.names()),
-                )
-            })?;
-            let label_idx = *headers.get(&spec.label).ok_or_else(|| {
-                data_err(
-                    path,
-                    &format!("no label column '{}' in the header", spec.label),
-                )
-            })?;
-            for rec in rdr.byte_records() {
-                let rec = match rec {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let line = e.position().map(|p| p.line()).unwrap_or(0);
-                        push(line, Err("malformed row"))?;
-                        continue;
-                    }
-                };
-                let line = rec.position().map(|p| p.line()).unwrap_or(0);
-                let field = |i: usize| -> Option<std::result::Result<&str, ()>> {
-                    rec.get(i).map(|b| std::str::from_utf8(b).map_err(|_| ()))
-                };
-                let mut texts = Vec::new();
-                let mut utf8_ok = true;
-                let mut missing = false;
-                for &i in &text_idx {
-                    match field(i) {
-                        Some(Ok(s)) => texts.push(s),
-                        Some(Err(())) => utf8_ok = false,
-                        None => missing = true,
-                    }
-                }
-                if !utf8_ok {
-                    push(line, Err("invalid UTF-8"))?;
-                    continue;
-                }
-                let text = (!missing).then(|| join_parts(texts.into_iter()));
-                let label = match field(label_idx) {
-                    Some(Ok(s)) => Some(s.trim().to_string()),
-                    Some(Err(())) => {
-                        push(line, Err("invalid UTF-8"))?;
-                        continue;
-                    }
-                    None => None,
-                };
-                push(line, Ok((text, label)))?;
-            }
-        }
-        Format::Jsonl => {
-            let reader = BufReader::new(&bytes[..]);
-            for (n, line) in reader.split(b'\n').enumerate() {
-                let lineno = n as u64 + 1;
-                let raw = line.map_err(|e| NluError::io(path, e))?;
-                let Ok(s) = std::str::from_utf8(&raw) else {
-                    push(lineno, Err("invalid UTF-8"))?;
-                    continue;
-                };
-                if s.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = match serde_json::from_str(s) {
-                    Ok(v) => v,
-                    Err(_) => {
-                        push(lineno, Err("not a JSON object"))?;
-                        continue;
-                    }
-                };
-                let get = |k: &str| -> Option<String> {
-                    match v.get(k)? {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        serde_json::Value::Null => None,
-                        other => Some(other.to_string()),
-                    }
-                };
-                let text = match &text_col {
-                    TextCol::Alternatives(a) => a.iter().find_map(|c| get(c)),
-                    TextCol::Join(j) => {
-                        let parts: Vec<String> = j.iter().filter_map(|c| get(c)).collect();
-                        (!parts.is_empty()).then(|| join_parts(parts.iter().map(|s| s.as_str())))
-                    }
-                };
-                push(lineno, Ok((text, get(&spec.label))))?;
-            }
-        }
     }
     Ok(ds)
 }
-
-/// A row as read: (text, label), or why it could not be read at all.
-type RawRow = std::result::Result<(Option<String>, Option<String>), &'static str>;
 
 enum Row {
     Ok(String, String),

@@ -13,6 +13,7 @@ pub mod head;
 pub mod hub;
 pub mod metrics;
 pub mod ops;
+pub mod slots;
 pub mod train;
 pub mod worker;
 
@@ -175,8 +176,7 @@ impl Nlu {
         })
     }
 
-    /// Intent and sentiment of each text.
-    pub async fn classify(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+    fn classify_cmd(&self, texts: Vec<String>) -> Result<Pending<Vec<Classification>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Classify {
             texts,
@@ -184,29 +184,47 @@ impl Nlu {
             enqueued: Instant::now(),
             reply,
         })?;
-        rx.await.map_err(|_| NluError::WorkerGone)?
+        Ok(rx)
     }
 
-    /// Sentence embeddings (L2-normalised) from the base encoder.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    fn embed_cmd(&self, texts: Vec<String>) -> Result<Pending<Vec<Vec<f32>>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Embed {
             texts,
             span: tracing::Span::current(),
             reply,
         })?;
-        rx.await.map_err(|_| NluError::WorkerGone)?
+        Ok(rx)
+    }
+
+    /// Intent and sentiment of each text.
+    pub async fn classify(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        self.classify_cmd(texts)?
+            .await
+            .map_err(|_| NluError::WorkerGone)?
+    }
+
+    /// Sentence embeddings (L2-normalised) from the base encoder.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        self.embed_cmd(texts)?
+            .await
+            .map_err(|_| NluError::WorkerGone)?
+    }
+
+    /// `embed` for callers outside an async runtime (the CLI, index builds).
+    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        self.embed_cmd(texts)?
+            .blocking_recv()
+            .map_err(|_| NluError::WorkerGone)?
     }
 
     /// `classify` for callers outside an async runtime (the CLI).
     pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Classify {
-            texts,
-            span: tracing::Span::current(),
-            enqueued: Instant::now(),
-            reply,
-        })?;
-        rx.blocking_recv().map_err(|_| NluError::WorkerGone)?
+        self.classify_cmd(texts)?
+            .blocking_recv()
+            .map_err(|_| NluError::WorkerGone)?
     }
 }
+
+/// The worker's answer to one command, still to come.
+type Pending<T> = oneshot::Receiver<Result<T>>;

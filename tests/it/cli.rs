@@ -22,19 +22,7 @@ fn shopdesk(root: &Path, args: &[&str]) -> Output {
         .expect("run shopdesk")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "shopdesk failed:\nstdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use common::{ok, text};
 
 #[test]
 fn train_eval_classify_on_bitext() {

@@ -1,0 +1,727 @@
+//! `index build|add|stats|eval`, `ask`, `slots extract|eval`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use shopdesk::faq::{
+    self, eval, FaqEntry, Filler, IntentMode, NluEmbedder, SearchOptions, SourceInfo, SourceSpec,
+};
+use shopdesk::nlu::data::{self, DataSpec};
+use shopdesk::nlu::head::head_dir;
+use shopdesk::nlu::slots::{SlotExtractor, SlotKind};
+use shopdesk::nlu::{Nlu, NluConfig};
+use shopdesk::table::{Column, Format, Rows};
+
+use super::{progress_bar, Settings};
+
+/// Column names of FAQ files.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// File format (default: from the extension).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Question column (`a|b`: first present).
+    #[arg(long, default_value = "question|instruction")]
+    question_col: String,
+    /// Answer template column.
+    #[arg(long, default_value = "answer|response")]
+    answer_col: String,
+    #[arg(long, default_value = "id")]
+    id_col: String,
+    #[arg(long, default_value = "intent")]
+    intent_col: String,
+    #[arg(long, default_value = "category")]
+    category_col: String,
+    #[arg(long, default_value = "language|lang")]
+    language_col: String,
+    #[arg(long, default_value = "tags")]
+    tags_col: String,
+    /// Language of rows without a language column.
+    #[arg(long, default_value = "en")]
+    language: String,
+    /// Stop at the first bad row instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl SourceArgs {
+    fn spec(&self) -> SourceSpec {
+        SourceSpec {
+            format: self.format,
+            id: self.id_col.clone(),
+            question: self.question_col.clone(),
+            answer: self.answer_col.clone(),
+            intent: self.intent_col.clone(),
+            category: self.category_col.clone(),
+            language: self.language_col.clone(),
+            tags: self.tags_col.clone(),
+            default_language: self.language.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Build a fresh index from FAQ files and swap it in atomically.
+    Build {
+        /// FAQ files (CSV, TSV, JSONL); the Bitext support CSV works as is.
+        #[arg(long, required = true, num_args = 1..)]
+        faq: Vec<PathBuf>,
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// Add entries to the live index (an existing id is replaced).
+    Add {
+        #[arg(long, required = true)]
+        faq: PathBuf,
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// What the live index holds.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retrieval quality on a labelled file: the index holds the kept rows, the held-out rows
+    /// are the queries (the same split as the intent head's, so its predictions are honest).
+    Eval {
+        /// Labelled FAQ file (Bitext).
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        src: SourceArgs,
+        /// Held-out share (default: the intent head's).
+        #[arg(long)]
+        holdout: Option<f64>,
+        /// Split seed (default: the intent head's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn start_nlu(s: &Settings, intent: bool) -> Result<Nlu> {
+    let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
+    cfg.device = s.device;
+    cfg.intent = intent;
+    cfg.sentiment = false;
+    Ok(Nlu::start(cfg)?)
+}
+
+fn read_sources(files: &[PathBuf], src: &SourceArgs) -> Result<(Vec<FaqEntry>, Vec<SourceInfo>)> {
+    let mut entries = Vec::new();
+    let mut infos = Vec::new();
+    for f in files {
+        let r = faq::read_entries(f, &src.spec(), src.strict)?;
+        for b in r.bad.iter().take(10) {
+            eprintln!("warning: {}: {b} (skipped)", f.display());
+        }
+        if r.bad.len() > 10 {
+            eprintln!(
+                "warning: {}: {} more bad rows",
+                f.display(),
+                r.bad.len() - 10
+            );
+        }
+        infos.push(SourceInfo {
+            path: f.display().to_string(),
+            sha256: r.sha256,
+            entries: r.entries.len(),
+            bad_rows: r.bad.len(),
+        });
+        entries.extend(r.entries);
+    }
+    Ok((entries, infos))
+}
+
+fn build_into(
+    dir: &Path,
+    nlu: &Nlu,
+    entries: Vec<FaqEntry>,
+    infos: Vec<SourceInfo>,
+) -> Result<faq::BuildReport> {
+    let bar = progress_bar(entries.len() as u64, "embed");
+    let report = faq::index::build(
+        dir,
+        entries,
+        infos,
+        &mut NluEmbedder {
+            nlu,
+            progress: Box::new(|n| bar.set_position(n as u64)),
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+pub fn run_index(c: IndexCommand, s: &Settings) -> Result<()> {
+    match c {
+        IndexCommand::Build { faq: files, src } => {
+            let (entries, infos) = read_sources(&files, &src)?;
+            let nlu = start_nlu(s, false)?;
+            let r = build_into(&s.index_dir, &nlu, entries, infos)?;
+            println!(
+                "indexed {} entries into {} (embedding {:.1} s, indexing {:.2} s{})",
+                r.entries,
+                r.generation.display(),
+                r.embed_seconds,
+                r.index_seconds,
+                if r.replaced > 0 {
+                    format!("; {} rows had a repeated id, the last one kept", r.replaced)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        IndexCommand::Add { faq: file, src } => {
+            let (entries, mut infos) = read_sources(std::slice::from_ref(&file), &src)?;
+            if entries.is_empty() {
+                bail!("{}: no entries to add", file.display());
+            }
+            let nlu = start_nlu(s, false)?;
+            let bar = progress_bar(entries.len() as u64, "embed");
+            let r = faq::index::add(
+                &s.index_dir,
+                entries,
+                infos.remove(0),
+                &mut NluEmbedder {
+                    nlu: &nlu,
+                    progress: Box::new(|n| bar.set_position(n as u64)),
+                },
+            )?;
+            bar.finish_and_clear();
+            println!(
+                "added {} entries ({} replaced an existing id); the index now holds {} ({})",
+                r.added,
+                r.replaced,
+                r.entries,
+                r.generation.display()
+            );
+        }
+        IndexCommand::Stats { json } => {
+            let st = faq::index::stats(&s.index_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                let m = &st.manifest;
+                println!("index       {}", st.generation.display());
+                println!("entries     {} ({} embedding rows)", m.entries, m.rows);
+                println!(
+                    "encoder     {} ({})",
+                    m.encoder,
+                    &m.encoder_sha256[..12.min(m.encoder_sha256.len())]
+                );
+                println!(
+                    "segments    {}  on disk {:.1} MB",
+                    st.segments,
+                    st.disk_bytes as f64 / 1e6
+                );
+                println!(
+                    "built       {:.1} s, unix time {}",
+                    m.build_seconds, m.created_unix
+                );
+                for src in &m.sources {
+                    println!(
+                        "source      {} ({} entries, {} bad rows, sha256 {})",
+                        src.path,
+                        src.entries,
+                        src.bad_rows,
+                        &src.sha256[..12.min(src.sha256.len())]
+                    );
+                }
+                let langs: Vec<String> = m
+                    .languages
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                println!("languages   {}", langs.join(", "));
+                println!("intents     {}", m.intents.len());
+                for (k, v) in &m.intents {
+                    println!("  {k:<28} {v}");
+                }
+            }
+        }
+        IndexCommand::Eval {
+            data,
+            src,
+            holdout,
+            seed,
+            json,
+        } => index_eval(s, &data, &src, holdout, seed, json.as_deref())?,
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct IndexEvalReport {
+    data: String,
+    holdout: f64,
+    seed: u64,
+    indexed: usize,
+    queries: usize,
+    intent_head_accuracy: f64,
+    results: Vec<eval::EvalResult>,
+}
+
+fn index_eval(
+    s: &Settings,
+    data_path: &Path,
+    src: &SourceArgs,
+    holdout: Option<f64>,
+    seed: Option<u64>,
+    json: Option<&Path>,
+) -> Result<()> {
+    let head = shopdesk::nlu::head::Head::load(&head_dir(&s.models_root, "intent"), "intent")?;
+    let holdout = holdout.unwrap_or(head.manifest.training.holdout);
+    let seed = seed.unwrap_or(head.manifest.training.seed);
+    // The split is computed exactly as `train` does for the intent head (same reader, same
+    // stratified split), so no query was seen by the head or is in the index.
+    let mut dspec = DataSpec::new(&src.question_col, &src.intent_col);
+    dspec.format = src.format;
+    let ds = data::read(data_path, &dspec, false)?;
+    let (_, held) = data::stratified_split(&ds.examples, holdout, seed);
+    let held_lines: BTreeSet<u64> = held.iter().map(|e| e.line).collect();
+    let (entries, mut infos) = read_sources(&[data_path.to_path_buf()], src)?;
+    let (queries, kept): (Vec<FaqEntry>, Vec<FaqEntry>) = entries
+        .into_iter()
+        .partition(|e| held_lines.contains(&e.line));
+    if queries.is_empty() {
+        bail!("no held-out rows: check --holdout and the intent column");
+    }
+    if let Some(i) = infos.first_mut() {
+        i.entries = kept.len();
+    }
+    let nlu = start_nlu(s, true)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("shopdesk-index-eval")
+        .tempdir()
+        .context("temporary index folder")?;
+    let indexed = kept.len();
+    build_into(tmp.path(), &nlu, kept, infos)?;
+    let index = faq::open(tmp.path(), Some(&nlu.info().encoder_sha256))?;
+    let texts: Vec<String> = queries.iter().map(|q| q.question.clone()).collect();
+    let bar = progress_bar(texts.len() as u64, "queries");
+    let mut qs = Vec::with_capacity(texts.len());
+    let mut correct = 0usize;
+    for (chunk, qchunk) in texts.chunks(128).zip(queries.chunks(128)) {
+        let emb = nlu.embed_blocking(chunk.to_vec())?;
+        let cls = nlu.classify_blocking(chunk.to_vec())?;
+        for ((q, e), c) in qchunk.iter().zip(emb).zip(cls) {
+            let gold = q.intent.clone().unwrap_or_default();
+            let pred = c.intent.filter(|p| !p.out_of_scope).map(|p| p.label);
+            if pred.as_deref() == Some(gold.as_str()) {
+                correct += 1;
+            }
+            qs.push(eval::EvalQuery {
+                text: q.question.clone(),
+                gold_intent: gold,
+                embedding: e,
+                predicted_intent: pred,
+            });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mut results = Vec::new();
+    for (name, opts) in eval::standard_configs() {
+        // One warm-up pass so the latency columns measure searches, not page faults.
+        eval::run(&index, &qs[..qs.len().min(50)], &name, &opts)?;
+        results.push(eval::run(&index, &qs, &name, &opts)?);
+    }
+    let report = IndexEvalReport {
+        data: data_path.display().to_string(),
+        holdout,
+        seed,
+        indexed,
+        queries: qs.len(),
+        intent_head_accuracy: correct as f64 / qs.len() as f64,
+        results,
+    };
+    println!(
+        "{} entries indexed, {} held-out queries (holdout {}, seed {}); intent head on the queries: {:.2}% (out-of-scope counts as wrong)",
+        report.indexed,
+        report.queries,
+        holdout,
+        seed,
+        100.0 * report.intent_head_accuracy
+    );
+    println!(
+        "{:<24} {:>8} {:>8} {:>10} {:>10}",
+        "search", "P@1", "MRR@10", "p50 µs", "p99 µs"
+    );
+    for r in &report.results {
+        println!(
+            "{:<24} {:>7.2}% {:>8.4} {:>10.0} {:>10.0}",
+            r.name,
+            100.0 * r.p_at_1,
+            r.mrr_at_10,
+            r.latency_p50_us,
+            r.latency_p99_us
+        );
+    }
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct AskArgs {
+    /// The shopper's question.
+    #[arg(required = true, num_args = 1..)]
+    question: Vec<String>,
+    /// Answers to show.
+    #[arg(long, default_value_t = 3)]
+    k: usize,
+    /// Conversation slots, `name=value` (e.g. `order_number=4451-23`); slots found in the
+    /// question are added.
+    #[arg(long = "slot", value_parser = parse_kv)]
+    slots: Vec<(String, String)>,
+    /// How the predicted intent takes part.
+    #[arg(long, value_enum, default_value_t = IntentMode::Boost)]
+    intent_mode: IntentMode,
+    /// BM25 only, no embedding rerank.
+    #[arg(long)]
+    no_rerank: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not name=value"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+#[derive(Serialize)]
+struct AskOutput {
+    question: String,
+    intent: Option<shopdesk::nlu::Prediction>,
+    slots: BTreeMap<String, String>,
+    hits: Vec<faq::Hit>,
+    reply: Option<faq::Filled>,
+    search_ms: f64,
+}
+
+pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
+    let question = a.question.join(" ");
+    let filler = Filler::load(&s.prompts_dir, &s.locale)?;
+    let nlu = start_nlu(s, true)?;
+    let index = faq::open(&s.index_dir, Some(&nlu.info().encoder_sha256))?;
+    let cls = nlu
+        .classify_blocking(vec![question.clone()])?
+        .into_iter()
+        .next()
+        .context("no classification")?;
+    let emb = nlu
+        .embed_blocking(vec![question.clone()])?
+        .into_iter()
+        .next()
+        .context("no embedding")?;
+    let intent = cls.intent.filter(|p| !p.out_of_scope);
+    let opts = SearchOptions {
+        k: a.k.max(1),
+        rerank: !a.no_rerank,
+        intent_mode: a.intent_mode,
+        ..SearchOptions::default()
+    };
+    let t = Instant::now();
+    let hits = index.search(
+        &question,
+        Some(&emb),
+        intent.as_ref().map(|p| p.label.as_str()),
+        &opts,
+    )?;
+    let search_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut slots: BTreeMap<String, String> = BTreeMap::new();
+    for sl in SlotExtractor::default().extract(&question) {
+        slots.entry(sl.kind.name().to_string()).or_insert(sl.value);
+    }
+    slots.extend(a.slots);
+    let reply = hits.first().map(|h| filler.fill(&h.answer, &slots));
+    let out = AskOutput {
+        question,
+        intent,
+        slots,
+        hits,
+        reply,
+        search_ms,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    match &out.intent {
+        Some(p) => println!("intent: {} ({:.2})", p.label, p.confidence),
+        None => println!("intent: out of scope"),
+    }
+    if !out.slots.is_empty() {
+        let sl: Vec<String> = out.slots.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("slots:  {}", sl.join(", "));
+    }
+    println!("search: {:.2} ms\n", out.search_ms);
+    if out.hits.is_empty() {
+        println!("no answer found");
+    }
+    for (i, h) in out.hits.iter().enumerate() {
+        println!(
+            "#{} score {:.3} (bm25 {:.2}, cosine {}, intent {}{}) [{}] {}",
+            i + 1,
+            h.scores.score,
+            h.scores.bm25,
+            h.scores
+                .cosine
+                .map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            h.intent.as_deref().unwrap_or("-"),
+            if h.scores.intent_match {
+                ", matched"
+            } else {
+                ""
+            },
+            h.id,
+            h.question
+        );
+        if h.duplicates > 0 {
+            println!("   ({} near-duplicate answers folded in)", h.duplicates);
+        }
+    }
+    if let Some(r) = &out.reply {
+        println!("\nreply:\n{}", r.text);
+        if r.dropped_sentences > 0 {
+            println!(
+                "\n({} sentence(s) dropped for missing values{})",
+                r.dropped_sentences,
+                if r.missing_slots.is_empty() {
+                    String::new()
+                } else {
+                    format!("; asked for {}", r.missing_slots.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SlotsCommand {
+    /// Print the slots found in each text.
+    Extract {
+        #[arg(required = true, num_args = 1..)]
+        texts: Vec<String>,
+    },
+    /// Precision and recall per entity type against Bitext's marked spans.
+    Eval {
+        /// Bitext CSV (entity_type, start_offset, end_offset are character offsets).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+pub fn run_slots(c: SlotsCommand, _s: &Settings) -> Result<()> {
+    let x = SlotExtractor::default();
+    match c {
+        SlotsCommand::Extract { texts } => {
+            for t in texts {
+                let slots = x.extract(&t);
+                println!("{t}");
+                for sl in slots {
+                    println!(
+                        "  {:<15} {:<24} [{}..{}]",
+                        sl.kind.name(),
+                        sl.value,
+                        sl.start,
+                        sl.end
+                    );
+                }
+            }
+        }
+        SlotsCommand::Eval { data, json } => {
+            let rep = slot_eval(&x, &data)?;
+            println!(
+                "{} rows, {} with a marked entity. Exact: same characters; overlap: spans intersect.",
+                rep.rows, rep.rows_with_entity
+            );
+            println!(
+                "{:<16} {:<15} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                "bitext type",
+                "slot",
+                "gold",
+                "pred",
+                "P exact",
+                "R exact",
+                "P overlap",
+                "R overlap"
+            );
+            for t in &rep.types {
+                let pct = |x: Option<f64>| {
+                    x.map(|v| format!("{:.1}%", 100.0 * v))
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{:<16} {:<15} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                    t.bitext_type,
+                    t.slot.as_deref().unwrap_or("(not extracted)"),
+                    t.gold,
+                    t.predicted,
+                    pct(t.precision_exact),
+                    pct(t.recall_exact),
+                    pct(t.precision_overlap),
+                    pct(t.recall_overlap)
+                );
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&rep)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct SlotTypeReport {
+    bitext_type: String,
+    slot: Option<String>,
+    gold: usize,
+    predicted: usize,
+    precision_exact: Option<f64>,
+    recall_exact: Option<f64>,
+    precision_overlap: Option<f64>,
+    recall_overlap: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct SlotEvalReport {
+    data: String,
+    rows: usize,
+    rows_with_entity: usize,
+    types: Vec<SlotTypeReport>,
+}
+
+/// Bitext's entity types and the slot kind that should find them (`None`: we extract nothing
+/// for that type: names, cities, countries and account tiers need a gazetteer or a tagger).
+const BITEXT_TYPES: [(&str, Option<SlotKind>); 7] = [
+    ("order_id", Some(SlotKind::OrderNumber)),
+    ("invoice_id", Some(SlotKind::InvoiceNumber)),
+    ("refund_amount", Some(SlotKind::Amount)),
+    ("account_type", None),
+    ("person_name", None),
+    ("delivery_city", None),
+    ("delivery_country", None),
+];
+
+fn slot_eval(x: &SlotExtractor, path: &Path) -> Result<SlotEvalReport> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let cols = ["instruction", "entity_type", "start_offset", "end_offset"]
+        .iter()
+        .map(|c| Column::parse(c))
+        .collect();
+    let rows = Rows::new(&bytes[..], Format::Csv, cols, &[true; 4])
+        .with_context(|| format!("{} is not a Bitext CSV", path.display()))?;
+    // (type) -> (gold, tp_exact, tp_overlap) and (slot kind) -> (pred, tp_exact, tp_overlap)
+    let mut gold: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut pred: BTreeMap<SlotKind, [usize; 3]> = BTreeMap::new();
+    let (mut n, mut with_entity) = (0, 0);
+    for (line, row) in rows {
+        let v = row.map_err(|e| anyhow::anyhow!("{}: line {line}: {e}", path.display()))?;
+        n += 1;
+        let get = |i: usize| v.get(i).cloned().flatten().unwrap_or_default();
+        let text = get(0);
+        let etype = get(1);
+        let span = if etype.is_empty() {
+            None
+        } else {
+            with_entity += 1;
+            let (s, e): (usize, usize) = (get(2).parse()?, get(3).parse()?);
+            Some(char_span_to_bytes(&text, s, e))
+        };
+        let kind = BITEXT_TYPES
+            .iter()
+            .find(|(t, _)| *t == etype)
+            .and_then(|(_, k)| *k);
+        let found = x.extract(&text);
+        if let Some(g) = span {
+            let c = gold.entry(etype.clone()).or_default();
+            c[0] += 1;
+            if let Some(k) = kind {
+                let same: Vec<_> = found.iter().filter(|s| s.kind == k).collect();
+                if same.iter().any(|s| (s.start, s.end) == g) {
+                    c[1] += 1;
+                }
+                if same.iter().any(|s| s.start < g.1 && g.0 < s.end) {
+                    c[2] += 1;
+                }
+            }
+        }
+        for s in &found {
+            let p = pred.entry(s.kind).or_default();
+            p[0] += 1;
+            let target = BITEXT_TYPES
+                .iter()
+                .find(|(_, k)| *k == Some(s.kind))
+                .map(|(t, _)| *t);
+            if let (Some(t), Some(g)) = (target, span) {
+                if t == etype {
+                    if (s.start, s.end) == g {
+                        p[1] += 1;
+                    }
+                    if s.start < g.1 && g.0 < s.end {
+                        p[2] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    let types = BITEXT_TYPES
+        .iter()
+        .map(|(t, k)| {
+            let g = gold.get(*t).copied().unwrap_or_default();
+            let p = k.and_then(|k| pred.get(&k).copied()).unwrap_or_default();
+            SlotTypeReport {
+                bitext_type: t.to_string(),
+                slot: k.map(|k| k.name().to_string()),
+                gold: g[0],
+                predicted: p[0],
+                precision_exact: k.and(ratio(p[1], p[0])),
+                recall_exact: k.and(ratio(g[1], g[0])),
+                precision_overlap: k.and(ratio(p[2], p[0])),
+                recall_overlap: k.and(ratio(g[2], g[0])),
+            }
+        })
+        .collect();
+    Ok(SlotEvalReport {
+        data: path.display().to_string(),
+        rows: n,
+        rows_with_entity: with_entity,
+        types,
+    })
+}
+
+/// Bitext offsets count characters; ours count bytes. Trailing separators some spans include
+/// (`"3707955617, "`) are trimmed from the gold span.
+fn char_span_to_bytes(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let at = |c: usize| {
+        text.char_indices()
+            .nth(c)
+            .map(|(b, _)| b)
+            .unwrap_or(text.len())
+    };
+    let (s, e) = (at(start), at(end));
+    let span = &text[s..e.max(s)];
+    let trimmed = span.trim_end_matches(|c: char| c.is_whitespace() || c == ',' || c == '.');
+    let lead = span.len() - span.trim_start().len();
+    (s + lead, s + trimmed.len())
+}

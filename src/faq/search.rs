@@ -1,0 +1,387 @@
+//! Search: BM25 candidates from tantivy, reranked by the cosine similarity of the query's
+//! embedding with each candidate's stored question embedding, near-duplicate answers collapsed.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
+use tantivy::columnar::Column;
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::tokenizer::TextAnalyzer;
+use tantivy::{DocAddress, Searcher, TantivyDocument, Term};
+
+use super::error::{FaqError, Result};
+use super::index::{analyzer_en, analyzer_generic, Fields, Generation, IndexManifest};
+
+/// How the predicted intent takes part in the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IntentMode {
+    /// Ignored.
+    Off,
+    /// Only entries of that intent are candidates (falls back to all if none match).
+    Filter,
+    /// Entries of that intent join the candidates and get `intent_bonus` on the final score.
+    Boost,
+}
+
+/// Knobs of one search. The defaults are what the chat server uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchOptions {
+    /// Hits returned (after collapsing duplicates).
+    pub k: usize,
+    /// BM25 candidates considered for the rerank.
+    pub candidates: usize,
+    /// Rerank by embedding cosine (hybrid); `false` is BM25 alone.
+    pub rerank: bool,
+    pub intent_mode: IntentMode,
+    /// Final score = w·cosine + (1−w)·bm25/max_bm25 (+ intent bonus).
+    pub cosine_weight: f32,
+    pub intent_bonus: f32,
+    /// Field boosts for BM25.
+    pub question_boost: f32,
+    pub answer_boost: f32,
+    /// Answers whose simhashes (64 bits over word 3-shingles) differ in at most this many bits
+    /// are one answer. Distinct Bitext answers of the same intent differ in 18 bits or more (a
+    /// 2,000-pair sample); a two-word edit of a 17-word answer moves about 10.
+    pub duplicate_bits: u32,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            k: 5,
+            candidates: 50,
+            rerank: true,
+            intent_mode: IntentMode::Boost,
+            cosine_weight: 0.7,
+            intent_bonus: 0.2,
+            question_boost: 2.0,
+            answer_boost: 0.5,
+            duplicate_bits: 10,
+        }
+    }
+}
+
+/// Why a hit ranks where it does (shown in the agent console and `ask`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HitScores {
+    /// Raw BM25 of the text query (0 when the entry came in through the intent alone).
+    pub bm25: f32,
+    /// Cosine of the query and the entry's question embeddings (hybrid only).
+    pub cosine: Option<f32>,
+    pub intent_match: bool,
+    /// What the hits are ordered by.
+    pub score: f32,
+}
+
+/// One answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hit {
+    pub id: String,
+    pub question: String,
+    /// The raw template; fill it with [`super::template::Filler`] before showing it.
+    pub answer: String,
+    pub intent: Option<String>,
+    pub category: Option<String>,
+    pub scores: HitScores,
+    /// Lower-ranked candidates with a near-identical answer, folded into this hit.
+    pub duplicates: usize,
+}
+
+/// An opened, read-only generation of the FAQ index. Cheap to search from many threads.
+pub struct FaqIndex {
+    generation: Generation,
+    searcher: Searcher,
+    rows: Vec<Column<u64>>,
+    en: TextAnalyzer,
+    generic: TextAnalyzer,
+}
+
+struct Candidate {
+    addr: DocAddress,
+    row: usize,
+    bm25: f32,
+    intent_match: bool,
+    cosine: Option<f32>,
+    score: f32,
+}
+
+impl FaqIndex {
+    pub(crate) fn new(generation: Generation) -> Result<FaqIndex> {
+        let reader = generation.index.reader()?;
+        let searcher = reader.searcher();
+        let rows = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| s.fast_fields().u64("row"))
+            .collect::<tantivy::Result<Vec<_>>>()?;
+        Ok(FaqIndex {
+            generation,
+            searcher,
+            rows,
+            en: analyzer_en(),
+            generic: analyzer_generic(),
+        })
+    }
+
+    pub fn manifest(&self) -> &IndexManifest {
+        &self.generation.manifest
+    }
+
+    pub fn generation_dir(&self) -> &std::path::Path {
+        &self.generation.dir
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.searcher.num_docs() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn terms(&self, text: &str) -> Vec<(tantivy::schema::Field, String, f32)> {
+        let f = &self.generation.fields;
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (mut an, fields) in [
+            (self.en.clone(), [f.question, f.answer]),
+            (self.generic.clone(), [f.question_ml, f.answer_ml]),
+        ] {
+            let mut ts = an.token_stream(text);
+            while ts.advance() {
+                let t = ts.token().text.clone();
+                for (i, &field) in fields.iter().enumerate() {
+                    if seen.insert((field, t.clone())) {
+                        out.push((field, t.clone(), i as f32));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn text_query(&self, text: &str, opts: &SearchOptions) -> Option<Box<dyn Query>> {
+        let clauses: Vec<(Occur, Box<dyn Query>)> = self
+            .terms(text)
+            .into_iter()
+            .map(|(field, t, which)| {
+                let boost = if which == 0.0 {
+                    opts.question_boost
+                } else {
+                    opts.answer_boost
+                };
+                let q = TermQuery::new(
+                    Term::from_field_text(field, &t),
+                    IndexRecordOption::WithFreqs,
+                );
+                (
+                    Occur::Should,
+                    Box::new(BoostQuery::new(Box::new(q), boost)) as Box<dyn Query>,
+                )
+            })
+            .collect();
+        (!clauses.is_empty()).then(|| Box::new(BooleanQuery::new(clauses)) as Box<dyn Query>)
+    }
+
+    fn intent_query(&self, intent: &str) -> Box<dyn Query> {
+        // Score 0: the intent decides membership, never the BM25 value.
+        Box::new(ConstScoreQuery::new(
+            Box::new(TermQuery::new(
+                Term::from_field_text(self.generation.fields.intent, intent),
+                IndexRecordOption::Basic,
+            )),
+            0.0,
+        ))
+    }
+
+    fn top(&self, q: &dyn Query, n: usize) -> Result<Vec<(f32, DocAddress)>> {
+        Ok(self
+            .searcher
+            .search(q, &TopDocs::with_limit(n).order_by_score())?)
+    }
+
+    fn candidates(
+        &self,
+        text: &str,
+        intent: Option<&str>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<(f32, DocAddress, bool)>> {
+        let n = opts.candidates.max(opts.k).max(1);
+        let tq = self.text_query(text, opts);
+        let intent = intent.filter(|_| opts.intent_mode != IntentMode::Off);
+        let with_intent = |tq: Option<&dyn Query>, i: &str| -> Result<Vec<(f32, DocAddress)>> {
+            let mut clauses = vec![(Occur::Must, self.intent_query(i))];
+            if let Some(tq) = tq {
+                clauses.push((Occur::Must, tq.box_clone()));
+            }
+            self.top(&BooleanQuery::new(clauses), n)
+        };
+        let mut out: Vec<(f32, DocAddress, bool)> = Vec::new();
+        match (opts.intent_mode, intent) {
+            (IntentMode::Filter, Some(i)) => {
+                let mut hits = with_intent(tq.as_deref(), i)?;
+                if hits.is_empty() && tq.is_some() {
+                    // No text overlap inside the intent: its entries, for the rerank to order.
+                    hits = with_intent(None, i)?;
+                }
+                if hits.is_empty() {
+                    // The intent has no entries at all: search everything.
+                    if let Some(tq) = &tq {
+                        hits = self.top(tq.as_ref(), n)?;
+                    }
+                    out.extend(hits.into_iter().map(|(s, a)| (s, a, false)));
+                } else {
+                    out.extend(hits.into_iter().map(|(s, a)| (s, a, true)));
+                }
+            }
+            (IntentMode::Boost, Some(i)) => {
+                let mut seen = BTreeSet::new();
+                for (s, a) in with_intent(tq.as_deref(), i)? {
+                    seen.insert(a);
+                    out.push((s, a, true));
+                }
+                if out.is_empty() {
+                    for (s, a) in with_intent(None, i)? {
+                        seen.insert(a);
+                        out.push((s, a, true));
+                    }
+                }
+                if let Some(tq) = &tq {
+                    for (s, a) in self.top(tq.as_ref(), n)? {
+                        if seen.insert(a) {
+                            out.push((s, a, false));
+                        }
+                    }
+                }
+            }
+            _ => {
+                if let Some(tq) = &tq {
+                    out.extend(
+                        self.top(tq.as_ref(), n)?
+                            .into_iter()
+                            .map(|(s, a)| (s, a, false)),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The best `opts.k` answers for `text`. `embedding` is the query's encoder embedding (needed
+    /// for the rerank; without it the search is BM25 only); `intent` the predicted intent.
+    pub fn search(
+        &self,
+        text: &str,
+        embedding: Option<&[f32]>,
+        intent: Option<&str>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>> {
+        let rows = &self.generation.rows;
+        if let Some(e) = embedding {
+            if e.len() != rows.dim {
+                return Err(FaqError::Dimension {
+                    got: e.len(),
+                    want: rows.dim,
+                });
+            }
+        }
+        let raw = self.candidates(text, intent, opts)?;
+        let max_bm25 = raw.iter().map(|c| c.0).fold(0.0f32, f32::max);
+        let bonus = if opts.intent_mode == IntentMode::Boost {
+            opts.intent_bonus
+        } else {
+            0.0
+        };
+        let emb = embedding.filter(|_| opts.rerank);
+        let mut cands: Vec<Candidate> = Vec::with_capacity(raw.len());
+        for (bm25, addr, intent_match) in raw {
+            let Some(row) = self
+                .rows
+                .get(addr.segment_ord as usize)
+                .and_then(|c| c.first(addr.doc_id))
+            else {
+                continue;
+            };
+            let row = row as usize;
+            let norm = if max_bm25 > 0.0 { bm25 / max_bm25 } else { 0.0 };
+            let cosine = emb.and_then(|q| rows.embedding(row).map(|e| dot_f16(q, e)));
+            let base = match cosine {
+                Some(c) => opts.cosine_weight * c + (1.0 - opts.cosine_weight) * norm,
+                None => norm,
+            };
+            cands.push(Candidate {
+                addr,
+                row,
+                bm25,
+                intent_match,
+                cosine,
+                score: base + if intent_match { bonus } else { 0.0 },
+            });
+        }
+        // Ties (equal scores) keep BM25 order, then document order: deterministic.
+        cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut kept: Vec<(Candidate, usize)> = Vec::with_capacity(opts.k);
+        for c in cands {
+            let h = rows.simhash.get(c.row).copied().unwrap_or(0);
+            let dup = kept.iter().position(|(k, _)| {
+                let kh = rows.simhash.get(k.row).copied().unwrap_or(0);
+                (kh ^ h).count_ones() <= opts.duplicate_bits
+            });
+            match dup {
+                Some(i) => kept[i].1 += 1,
+                None if kept.len() < opts.k => kept.push((c, 0)),
+                None => {}
+            }
+        }
+        kept.into_iter()
+            .map(|(c, dups)| self.hit(c, dups))
+            .collect()
+    }
+
+    fn hit(&self, c: Candidate, duplicates: usize) -> Result<Hit> {
+        let f: &Fields = &self.generation.fields;
+        let doc: TantivyDocument = self.searcher.doc(c.addr)?;
+        let get = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        Ok(Hit {
+            id: get(f.id).unwrap_or_default(),
+            question: get(f.question).unwrap_or_default(),
+            answer: get(f.answer).unwrap_or_default(),
+            intent: get(f.intent),
+            category: get(f.category),
+            scores: HitScores {
+                bm25: c.bm25,
+                cosine: c.cosine,
+                intent_match: c.intent_match,
+                score: c.score,
+            },
+            duplicates,
+        })
+    }
+}
+
+/// Dot product of an f32 query with an f16 row; both are L2-normalised, so this is the cosine.
+fn dot_f16(q: &[f32], e: &[half::f16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut qc = q.chunks_exact(8);
+    let mut ec = e.chunks_exact(8);
+    for (a, b) in (&mut qc).zip(&mut ec) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i].to_f32();
+        }
+    }
+    let tail: f32 = qc
+        .remainder()
+        .iter()
+        .zip(ec.remainder())
+        .map(|(a, b)| a * b.to_f32())
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}

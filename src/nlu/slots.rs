@@ -1,0 +1,351 @@
+//! Slots: the structured facts in a shopper's message (order and invoice numbers, e-mail
+//! addresses, phone numbers, amounts, card numbers, catalog products).
+//!
+//! Rule-based on purpose: these are formats, not meanings, and a rule is exact, instant and
+//! explainable. Overlaps are settled by priority (e-mail > card > phone > amount > ids), the first
+//! kind to claim characters keeps them. Card numbers are recognised (Luhn-checked) so logs can
+//! redact them; they are never used as order numbers.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::Regex;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    Email,
+    CardNumber,
+    Phone,
+    Amount,
+    OrderNumber,
+    InvoiceNumber,
+    Product,
+}
+
+impl SlotKind {
+    /// The slot name used in templates (`slot:order_number`) and the conversation.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotKind::Email => "email",
+            SlotKind::CardNumber => "card_number",
+            SlotKind::Phone => "phone",
+            SlotKind::Amount => "amount",
+            SlotKind::OrderNumber => "order_number",
+            SlotKind::InvoiceNumber => "invoice_number",
+            SlotKind::Product => "product",
+        }
+    }
+}
+
+/// One extracted slot. `start..end` are byte offsets in the message of the value itself (an
+/// amount's digits without the currency, an invoice number with its `#`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Slot {
+    pub kind: SlotKind,
+    pub value: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A catalog product to recognise by name.
+#[derive(Debug, Clone)]
+pub struct ProductName {
+    pub id: String,
+    /// Title and aliases, matched case-insensitively on word boundaries.
+    pub names: Vec<String>,
+}
+
+/// Extracts slots. Build once (the regexes and the product automaton), share everywhere.
+#[derive(Debug, Clone)]
+pub struct SlotExtractor {
+    email: Regex,
+    card: Regex,
+    phone: Regex,
+    amount: Regex,
+    id: Regex,
+    invoice_cue: Regex,
+    products: Option<(AhoCorasick, Vec<String>)>,
+}
+
+impl Default for SlotExtractor {
+    fn default() -> Self {
+        SlotExtractor::new(&[])
+    }
+}
+
+fn re(s: &str) -> Regex {
+    Regex::new(s).expect("static regex; this is a bug")
+}
+
+fn luhn(digits: &[u32]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+impl SlotExtractor {
+    pub fn new(products: &[ProductName]) -> Self {
+        let mut pats = Vec::new();
+        let mut ids = Vec::new();
+        for p in products {
+            for n in &p.names {
+                let n = n.trim();
+                if n.chars().count() >= 3 {
+                    pats.push(n.to_lowercase());
+                    ids.push(p.id.clone());
+                }
+            }
+        }
+        let products = (!pats.is_empty())
+            .then(|| {
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&pats)
+                    .ok()
+                    .map(|ac| (ac, ids))
+            })
+            .flatten();
+        SlotExtractor {
+            email: re(r"(?i)\b[a-z0-9][a-z0-9._%+-]*@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b"),
+            card: re(r"\b\d(?:[ -]?\d){12,18}\b"),
+            phone: re(
+                r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\b\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?\b",
+            ),
+            amount: re(
+                r"(?i)(?:[$€£]\s?(\d[\d,]*(?:\.\d{1,2})?)|\b(\d[\d,]*(?:\.\d{1,2})?)\s?(?:dollars?|bucks|euros?|pounds?|usd|eur|gbp)\b)",
+            ),
+            // An id is a token with at least four digits, optionally with a letter prefix, dashes
+            // and a leading '#': 4451-23, ORD-20931, #00108, 113542617735902.
+            id: re(r"(?i)#?\b[a-z]{0,4}-?\d[\d-]{2,}\d[a-z0-9]*\b|#\d{3,}\b"),
+            invoice_cue: re(r"(?i)\b(invoice|bill|receipt)s?\b"),
+            products,
+        }
+    }
+
+    pub fn extract(&self, text: &str) -> Vec<Slot> {
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        let mut out = Vec::new();
+        let free = |taken: &[(usize, usize)], s: usize, e: usize| {
+            taken.iter().all(|&(a, b)| e <= a || s >= b)
+        };
+        for m in self.email.find_iter(text) {
+            taken.push((m.start(), m.end()));
+            out.push(slot(
+                SlotKind::Email,
+                m.as_str().to_lowercase(),
+                m.start(),
+                m.end(),
+            ));
+        }
+        for m in self.card.find_iter(text) {
+            let digits: Vec<u32> = m.as_str().chars().filter_map(|c| c.to_digit(10)).collect();
+            // Issuer prefixes in use (Mastercard 2/5, Amex/Diners 3, Visa 4, Discover 6) keep
+            // long order numbers that happen to pass Luhn out.
+            let issuer = matches!(digits.first(), Some(2..=6));
+            if (13..=19).contains(&digits.len())
+                && issuer
+                && luhn(&digits)
+                && free(&taken, m.start(), m.end())
+            {
+                taken.push((m.start(), m.end()));
+                let v: String = digits.iter().map(|d| char::from(b'0' + *d as u8)).collect();
+                out.push(slot(SlotKind::CardNumber, v, m.start(), m.end()));
+            }
+        }
+        for m in self.phone.find_iter(text) {
+            let digits = m.as_str().chars().filter(char::is_ascii_digit).count();
+            if (7..=15).contains(&digits) && free(&taken, m.start(), m.end()) {
+                taken.push((m.start(), m.end()));
+                out.push(slot(
+                    SlotKind::Phone,
+                    m.as_str().trim().into(),
+                    m.start(),
+                    m.end(),
+                ));
+            }
+        }
+        for c in self.amount.captures_iter(text) {
+            let (Some(all), Some(num)) = (c.get(0), c.get(1).or_else(|| c.get(2))) else {
+                continue;
+            };
+            if free(&taken, all.start(), all.end()) {
+                taken.push((all.start(), all.end()));
+                out.push(slot(
+                    SlotKind::Amount,
+                    num.as_str().replace(',', ""),
+                    num.start(),
+                    num.end(),
+                ));
+            }
+        }
+        for m in self.id.find_iter(text) {
+            if !free(&taken, m.start(), m.end()) {
+                continue;
+            }
+            // A year or a quantity is not an id: bare numbers need five digits or a '#'.
+            let s = m.as_str();
+            let digits = s.chars().filter(char::is_ascii_digit).count();
+            let bare = s.chars().all(|c| c.is_ascii_digit());
+            if bare && digits < 5 {
+                continue;
+            }
+            let before = &text[..m.start()];
+            let window_start = before
+                .char_indices()
+                .rev()
+                .filter(|(_, c)| c.is_whitespace())
+                .nth(4)
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let kind = if self.invoice_cue.is_match(&before[window_start..]) {
+                SlotKind::InvoiceNumber
+            } else {
+                SlotKind::OrderNumber
+            };
+            taken.push((m.start(), m.end()));
+            out.push(slot(kind, s.to_string(), m.start(), m.end()));
+        }
+        if let Some((ac, ids)) = &self.products {
+            for m in ac.find_iter(text) {
+                let word = |i: usize| text[i..].chars().next().is_some_and(char::is_alphanumeric);
+                let left_ok = m.start() == 0
+                    || !text[..m.start()]
+                        .chars()
+                        .next_back()
+                        .is_some_and(char::is_alphanumeric);
+                let right_ok = m.end() == text.len() || !word(m.end());
+                if left_ok && right_ok && free(&taken, m.start(), m.end()) {
+                    if let Some(id) = ids.get(m.pattern().as_usize()) {
+                        taken.push((m.start(), m.end()));
+                        out.push(slot(SlotKind::Product, id.clone(), m.start(), m.end()));
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|s| s.start);
+        out
+    }
+}
+
+fn slot(kind: SlotKind, value: String, start: usize, end: usize) -> Slot {
+    Slot {
+        kind,
+        value,
+        start,
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(x: &SlotExtractor, t: &str) -> Vec<(SlotKind, String)> {
+        x.extract(t)
+            .into_iter()
+            .map(|s| (s.kind, s.value))
+            .collect()
+    }
+
+    #[test]
+    fn ids_amounts_and_contacts() {
+        let x = SlotExtractor::default();
+        assert_eq!(
+            kinds(
+                &x,
+                "where is my order 4451-23? mail me at Ann.Lee@Example.com"
+            ),
+            vec![
+                (SlotKind::OrderNumber, "4451-23".into()),
+                (SlotKind::Email, "ann.lee@example.com".into())
+            ]
+        );
+        assert_eq!(
+            kinds(
+                &x,
+                "I paid $1,499.50 for order ORD-20931, call +1 555-014-2300"
+            ),
+            vec![
+                (SlotKind::Amount, "1499.50".into()),
+                (SlotKind::OrderNumber, "ORD-20931".into()),
+                (SlotKind::Phone, "+1 555-014-2300".into())
+            ]
+        );
+        assert_eq!(
+            kinds(
+                &x,
+                "check invoice #12588 and bill 00108, refund 350 dollars"
+            ),
+            vec![
+                (SlotKind::InvoiceNumber, "#12588".into()),
+                (SlotKind::InvoiceNumber, "00108".into()),
+                (SlotKind::Amount, "350".into())
+            ]
+        );
+        // Years and small counts are not ids.
+        assert!(kinds(&x, "I bought 2 shirts in 2024").is_empty());
+    }
+
+    #[test]
+    fn card_numbers_need_luhn() {
+        let x = SlotExtractor::default();
+        assert_eq!(
+            kinds(&x, "my card 4111 1111 1111 1111 was charged"),
+            vec![(SlotKind::CardNumber, "4111111111111111".into())]
+        );
+        // Same length, bad checksum: an order number, not a card.
+        assert_eq!(
+            kinds(&x, "order 4111111111111112"),
+            vec![(SlotKind::OrderNumber, "4111111111111112".into())]
+        );
+    }
+
+    #[test]
+    fn products_on_word_boundaries_longest_first() {
+        let x = SlotExtractor::new(&[
+            ProductName {
+                id: "p1".into(),
+                names: vec!["Linen Shirt".into()],
+            },
+            ProductName {
+                id: "p2".into(),
+                names: vec!["Linen Shirt Dress".into(), "shirt dress".into()],
+            },
+        ]);
+        assert_eq!(
+            kinds(
+                &x,
+                "is the linen shirt dress in stock? and the LINEN SHIRT?"
+            ),
+            vec![
+                (SlotKind::Product, "p2".into()),
+                (SlotKind::Product, "p1".into())
+            ]
+        );
+        assert!(kinds(&x, "linen shirts").is_empty());
+    }
+
+    #[test]
+    fn offsets_point_at_the_value() {
+        let x = SlotExtractor::default();
+        let t = "refunding$299 please";
+        let s = &x.extract(t)[0];
+        assert_eq!(&t[s.start..s.end], "299");
+    }
+}
