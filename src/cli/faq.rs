@@ -104,7 +104,50 @@ pub enum IndexCommand {
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        #[command(flatten)]
+        tune: TuneArgs,
     },
+}
+
+/// Search knobs, to measure alternatives (defaults: the server's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TuneArgs {
+    #[arg(long)]
+    question_boost: Option<f32>,
+    /// 0 leaves answers out of BM25.
+    #[arg(long)]
+    answer_boost: Option<f32>,
+    #[arg(long)]
+    candidates: Option<usize>,
+    #[arg(long)]
+    boost_others: Option<usize>,
+    #[arg(long)]
+    cosine_weight: Option<f32>,
+    #[arg(long)]
+    intent_bonus: Option<f32>,
+}
+
+impl TuneArgs {
+    fn apply(&self, o: &mut SearchOptions) {
+        if let Some(x) = self.question_boost {
+            o.question_boost = x;
+        }
+        if let Some(x) = self.answer_boost {
+            o.answer_boost = x;
+        }
+        if let Some(x) = self.candidates {
+            o.candidates = x;
+        }
+        if let Some(x) = self.boost_others {
+            o.boost_others = x;
+        }
+        if let Some(x) = self.cosine_weight {
+            o.cosine_weight = x;
+        }
+        if let Some(x) = self.intent_bonus {
+            o.intent_bonus = x;
+        }
+    }
 }
 
 fn start_nlu(s: &Settings, intent: bool) -> Result<Nlu> {
@@ -254,7 +297,8 @@ pub fn run_index(c: IndexCommand, s: &Settings) -> Result<()> {
             holdout,
             seed,
             json,
-        } => index_eval(s, &data, &src, holdout, seed, json.as_deref())?,
+            tune,
+        } => index_eval(s, &data, &src, holdout, seed, json.as_deref(), &tune)?,
     }
     Ok(())
 }
@@ -277,6 +321,7 @@ fn index_eval(
     holdout: Option<f64>,
     seed: Option<u64>,
     json: Option<&Path>,
+    tune: &TuneArgs,
 ) -> Result<()> {
     let head = shopdesk::nlu::head::Head::load(&head_dir(&s.models_root, "intent"), "intent")?;
     let holdout = holdout.unwrap_or(head.manifest.training.holdout);
@@ -330,7 +375,8 @@ fn index_eval(
     }
     bar.finish_and_clear();
     let mut results = Vec::new();
-    for (name, opts) in eval::standard_configs() {
+    for (name, mut opts) in eval::standard_configs() {
+        tune.apply(&mut opts);
         // One warm-up pass so the latency columns measure searches, not page faults.
         eval::run(&index, &qs[..qs.len().min(50)], &name, &opts)?;
         results.push(eval::run(&index, &qs, &name, &opts)?);

@@ -513,7 +513,9 @@ pub fn build(
         let index = Index::create_in_dir(&dir, schema())?;
         register_analyzers(&index);
         let fields = Fields::of(&index.schema())?;
-        let mut writer: IndexWriter = index.writer(WRITER_BUDGET)?;
+        // One indexing thread: documents keep the source order, so builds are reproducible
+        // (BM25 ties resolve the same way every time).
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_BUDGET)?;
         add_docs(&mut writer, &fields, &entries, 0)?;
         writer.commit()?;
         merge_all(&index, writer)?;
@@ -603,7 +605,7 @@ pub fn add(
         let fields = Fields::of(&index.schema())?;
         let searcher = index.reader()?.searcher();
         let mut replaced = 0;
-        let mut writer: IndexWriter = index.writer(WRITER_BUDGET)?;
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, WRITER_BUDGET)?;
         for e in &entries {
             let term = Term::from_field_text(fields.id, &e.id);
             if searcher.doc_freq(&term)? > 0 {
