@@ -42,9 +42,10 @@ fn main() -> anyhow::Result<()> {
     };
     // `cargo test --benches` runs this without `--bench`: a small smoke run then.
     let smoke = !args.iter().any(|a| a == "--bench");
-    let n_scale: usize = arg("--n")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 2_000 } else { 100_000 });
+    let n_scale: usize =
+        arg("--n")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if smoke { 2_000 } else { 100_000 });
     let passes: usize = arg("--passes")
         .and_then(|s| s.parse().ok())
         .unwrap_or(if smoke { 1 } else { 5 });
@@ -115,9 +116,14 @@ fn main() -> anyhow::Result<()> {
             ..e.clone()
         })
         .collect();
-    for (name, entries) in [("bitext 80%", kept.clone()), ("scale (bitext repeated)", scale)] {
+    for (name, entries) in [
+        ("bitext 80%", kept.clone()),
+        ("scale (bitext repeated)", scale),
+    ] {
         let n = entries.len();
-        let dir = tmp.path().join(if n == kept.len() { "bitext" } else { "scale" });
+        let dir = tmp
+            .path()
+            .join(if n == kept.len() { "bitext" } else { "scale" });
         let t = Instant::now();
         let r = faq::index::build(
             &dir,

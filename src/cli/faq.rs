@@ -399,17 +399,20 @@ fn index_eval(
         100.0 * report.intent_head_accuracy
     );
     println!(
-        "{:<24} {:>8} {:>8} {:>10} {:>10}",
-        "search", "P@1", "MRR@10", "p50 µs", "p99 µs"
+        "{:<24} {:>8} {:>8} {:>10} {:>10} {:>12}",
+        "search", "P@1", "MRR@10", "p50 µs", "p99 µs", "top cos p1"
     );
     for r in &report.results {
         println!(
-            "{:<24} {:>7.2}% {:>8.4} {:>10.0} {:>10.0}",
+            "{:<24} {:>7.2}% {:>8.4} {:>10.0} {:>10.0} {:>12}",
             r.name,
             100.0 * r.p_at_1,
             r.mrr_at_10,
             r.latency_p50_us,
-            r.latency_p99_us
+            r.latency_p99_us,
+            r.correct_top_cosine_p1
+                .map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     if let Some(p) = json {
@@ -454,7 +457,9 @@ struct AskOutput {
     intent: Option<shopdesk::nlu::Prediction>,
     slots: BTreeMap<String, String>,
     hits: Vec<faq::Hit>,
-    reply: Option<faq::Filled>,
+    /// Where the reply came from: `faq:<id>`, `intent:<name>` or `fallback`.
+    reply_source: String,
+    reply: faq::Filled,
     search_ms: f64,
 }
 
@@ -493,12 +498,27 @@ pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
         slots.entry(sl.kind.name().to_string()).or_insert(sl.value);
     }
     slots.extend(a.slots);
-    let reply = hits.first().map(|h| filler.fill(&h.answer, &slots));
+    // A confident FAQ hit answers; else the intent's own template; else the fallback (the hits
+    // are still listed).
+    let confident = hits
+        .first()
+        .filter(|h| h.scores.cosine.is_none_or(|c| c >= opts.min_cosine));
+    let template = intent.as_ref().and_then(|p| {
+        filler
+            .intent_template(&p.label)
+            .map(|t| (p.label.clone(), t))
+    });
+    let (reply_source, reply) = match (confident, template) {
+        (Some(h), _) => (format!("faq:{}", h.id), filler.fill(&h.answer, &slots)),
+        (None, Some((name, t))) => (format!("intent:{name}"), filler.fill(t, &slots)),
+        (None, None) => ("fallback".into(), filler.fill("", &slots)),
+    };
     let out = AskOutput {
         question,
         intent,
         slots,
         hits,
+        reply_source,
         reply,
         search_ms,
     };
@@ -541,19 +561,18 @@ pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
             println!("   ({} near-duplicate answers folded in)", h.duplicates);
         }
     }
-    if let Some(r) = &out.reply {
-        println!("\nreply:\n{}", r.text);
-        if r.dropped_sentences > 0 {
-            println!(
-                "\n({} sentence(s) dropped for missing values{})",
-                r.dropped_sentences,
-                if r.missing_slots.is_empty() {
-                    String::new()
-                } else {
-                    format!("; asked for {}", r.missing_slots.join(", "))
-                }
-            );
-        }
+    let r = &out.reply;
+    println!("\nreply ({}):\n{}", out.reply_source, r.text);
+    if r.dropped_sentences > 0 {
+        println!(
+            "\n({} sentence(s) dropped for missing values{})",
+            r.dropped_sentences,
+            if r.missing_slots.is_empty() {
+                String::new()
+            } else {
+                format!("; asked for {}", r.missing_slots.join(", "))
+            }
+        );
     }
     Ok(())
 }

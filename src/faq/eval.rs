@@ -33,6 +33,10 @@ pub struct EvalResult {
     pub empty: usize,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
+    /// Percentiles of the top hit's cosine over the queries whose top hit is right (hybrid
+    /// only): where `SearchOptions::min_cosine` can sit without turning good answers away.
+    pub correct_top_cosine_p1: Option<f64>,
+    pub correct_top_cosine_p5: Option<f64>,
 }
 
 /// The configurations compared in docs/benchmarks.md: BM25 alone and hybrid, each with the
@@ -83,6 +87,7 @@ pub fn run(
     let mut rr = 0.0f64;
     let mut empty = 0usize;
     let mut lat = Vec::with_capacity(queries.len());
+    let mut good_scores = Vec::new();
     let opts = SearchOptions {
         k: opts.k.max(10),
         ..opts.clone()
@@ -107,10 +112,14 @@ pub fn run(
             rr += 1.0 / (rank + 1) as f64;
             if rank == 0 {
                 p1 += 1;
+                if let Some(c) = hits[0].scores.cosine {
+                    good_scores.push(f64::from(c));
+                }
             }
         }
     }
     lat.sort_by(f64::total_cmp);
+    good_scores.sort_by(f64::total_cmp);
     let n = queries.len().max(1) as f64;
     Ok(EvalResult {
         name: name.into(),
@@ -121,6 +130,8 @@ pub fn run(
         empty,
         latency_p50_us: percentile(&lat, 50.0),
         latency_p99_us: percentile(&lat, 99.0),
+        correct_top_cosine_p1: (!good_scores.is_empty()).then(|| percentile(&good_scores, 1.0)),
+        correct_top_cosine_p5: (!good_scores.is_empty()).then(|| percentile(&good_scores, 5.0)),
     })
 }
 

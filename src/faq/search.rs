@@ -47,6 +47,13 @@ pub struct SearchOptions {
     /// since answers are long and their postings lists are too (docs/benchmarks.md).
     pub question_boost: f32,
     pub answer_boost: f32,
+    /// Below this cosine the best hit is not trusted as an answer; callers fall back to the
+    /// intent's own template (`prompts/<locale>.toml` `[intents]`). The cosine, unlike the final
+    /// score, is absolute (BM25 is normalised by the best candidate). Correct top hits on
+    /// Bitext have cosine ≥ 0.60 (1st percentile); on the 43-entry demo FAQ a right answer to a
+    /// loosely worded question scored 0.29 and off-topic messages 0.17–0.23, hence 0.25: a
+    /// judgment from few examples, tune it per shop. Search results still carry every hit.
+    pub min_cosine: f32,
     /// Answers whose simhashes (64 bits over word 3-shingles) differ in at most this many bits
     /// are one answer. Distinct Bitext answers of the same intent differ in 18 bits or more (a
     /// 2,000-pair sample); a two-word edit of a 17-word answer moves about 10.
@@ -66,6 +73,7 @@ impl Default for SearchOptions {
             question_boost: 2.0,
             answer_boost: 0.0,
             duplicate_bits: 10,
+            min_cosine: 0.25,
         }
     }
 }
@@ -176,7 +184,11 @@ impl FaqIndex {
             .into_iter()
             .filter(|(_, _, which)| {
                 // A zero boost leaves the field out of the query (its postings are never read).
-                (if *which == 0.0 { opts.question_boost } else { opts.answer_boost }) > 0.0
+                (if *which == 0.0 {
+                    opts.question_boost
+                } else {
+                    opts.answer_boost
+                }) > 0.0
             })
             .map(|(field, t, which)| {
                 let boost = if which == 0.0 {

@@ -257,6 +257,15 @@ impl Filler {
         &self.texts
     }
 
+    /// The locale's reply template for `intent` (`[intents]` in `<locale>.toml`), if any.
+    pub fn intent_template(&self, intent: &str) -> Option<&str> {
+        self.texts
+            .rest
+            .get("intents")
+            .and_then(|t| t.get(intent))
+            .and_then(|v| v.as_str())
+    }
+
     /// Where `name` would take its value from; `None`: nowhere (the sentence is dropped).
     pub fn source_of(&self, name: &str) -> Option<&Source> {
         let n = normalise(name);

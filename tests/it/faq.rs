@@ -388,6 +388,12 @@ fn demo_faq_build_stats_add_ask() {
         .expect("reply")
         .contains("Juniper & Pine"));
 
+    // Off-topic: no trusted answer, no intent: the fallback, never a random FAQ answer.
+    let ask: serde_json::Value =
+        serde_json::from_str(&ok(&shopdesk(&idx, &["ask", "--json", "I love pizza"])))
+            .expect("json");
+    assert_eq!(ask["reply_source"], "fallback", "{ask}");
+
     // Asking an index that does not exist is one line naming the fix.
     let missing = shopdesk(&dir.path().join("nope"), &["ask", "hello"]);
     assert!(!missing.status.success());
