@@ -9,6 +9,9 @@ models:
 # Demo: index the demo shop's FAQ, answer a few shopper questions, classify a few messages.
 run: models
 	$(CARGO) run --release -q -- index build --faq index/demo-faq.csv
+	$(CARGO) run --release -q -- recommend train --interactions index/interactions.csv --catalog index/catalog.csv
+	$(CARGO) run --release -q -- recommend for c0001 --in-stock
+	$(CARGO) run --release -q -- recommend for --session jp-026 --in-stock
 	$(CARGO) run --release -q -- ask "Hi, where is my order 4451-23? It has not arrived"
 	$(CARGO) run --release -q -- ask "can I pay with paypal"
 	$(CARGO) run --release -q -- ask "how do I send back a dress that doesn't fit"

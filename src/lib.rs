@@ -5,4 +5,5 @@
 pub mod config;
 pub mod faq;
 pub mod nlu;
+pub mod recommend;
 pub mod table;

@@ -93,6 +93,15 @@ pub enum TableError {
 /// One row: a value per requested column (`None`: column absent in this row, or JSON null).
 pub type Values = Vec<Option<String>>;
 
+/// Value `i` of a row, trimmed; `None` when absent or blank.
+pub fn cell(v: &Values, i: usize) -> Option<String> {
+    v.get(i)
+        .and_then(|x| x.as_deref())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
 /// A row as read, or why it could not be read.
 pub type RowResult = std::result::Result<Values, &'static str>;
 

@@ -3,6 +3,7 @@
 mod classify;
 mod faq;
 mod models;
+mod recommend;
 mod train;
 
 use std::path::PathBuf;
@@ -153,6 +154,9 @@ enum Command {
     /// Slots in messages (order numbers, e-mails, amounts, ...): extract, or evaluate on Bitext.
     #[command(subcommand)]
     Slots(faq::SlotsCommand),
+    /// Product recommendations: train the ALS model, evaluate it, query it.
+    #[command(subcommand)]
+    Recommend(recommend::RecommendCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Index(c) => faq::run_index(c, &settings),
         Command::Ask(a) => faq::run_ask(a, &settings),
         Command::Slots(c) => faq::run_slots(c, &settings),
+        Command::Recommend(c) => recommend::run(c, &settings),
     }
 }
 

@@ -4,3 +4,4 @@ mod cli;
 mod common;
 mod faq;
 mod nlu;
+mod recommend;
