@@ -74,6 +74,9 @@ macro_rules! multiversion {
     };
 }
 
+// Other modules' hot loops (the recommender's ALS) use it too.
+pub(crate) use multiversion;
+
 /// Sum with 16 independent accumulators, so the compiler can keep them in one vector register
 /// (a single running sum has to be added in order and stays scalar).
 #[inline(always)]

@@ -9,6 +9,8 @@
 //! rayon, each writing only its own row.
 
 use rayon::prelude::*;
+
+use crate::nlu::ops::multiversion;
 use serde::{Deserialize, Serialize};
 
 /// Compressed sparse rows: row r's entries are `indices[indptr[r]..indptr[r+1]]` with `values`.
@@ -108,7 +110,7 @@ pub struct Factors {
     pub item_factors: Vec<f32>,
 }
 
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent sums let the compiler vectorise without reassociating floats.
     let mut acc = [0f32; 8];
@@ -128,7 +130,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline]
+#[inline(always)]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -136,7 +138,7 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// `out = m · v` for a symmetric f×f matrix `m` (row-major), as a sum of scaled rows.
-#[inline]
+#[inline(always)]
 fn symv(m: &[f32], v: &[f32], out: &mut [f32]) {
     let f = v.len();
     out.fill(0.0);
@@ -153,12 +155,8 @@ pub fn gramian(y: &[f32], f: usize, reg: f32) -> Vec<f32> {
         .into_par_iter()
         .map(|c| {
             let mut g = vec![0f32; f * f];
-            for r in c * chunk..((c + 1) * chunk).min(n) {
-                let row = &y[r * f..(r + 1) * f];
-                for (i, &ri) in row.iter().enumerate() {
-                    axpy(ri, row, &mut g[i * f..(i + 1) * f]);
-                }
-            }
+            let end = ((c + 1) * chunk).min(n);
+            gram_rows(&y[c * chunk * f..end * f], f, &mut g);
             g
         })
         .collect();
@@ -172,6 +170,74 @@ pub fn gramian(y: &[f32], f: usize, reg: f32) -> Vec<f32> {
     g
 }
 
+multiversion! {
+    /// g += Σ_rows rowᵀ·row for the f-wide rows in `rows`.
+    fn gram_rows(rows: &[f32], f: usize, g: &mut [f32]) {
+        for row in rows.chunks_exact(f) {
+            for (i, &ri) in row.iter().enumerate() {
+                axpy(ri, row, &mut g[i * f..(i + 1) * f]);
+            }
+        }
+    }
+}
+
+/// The scratch vectors and inputs of one row's solve.
+struct RowSolve<'a> {
+    items: &'a [u32],
+    values: &'a [f32],
+    y: &'a [f32],
+    yty: &'a [f32],
+    alpha: f32,
+    cg_steps: usize,
+}
+
+multiversion! {
+    /// Warm-started CG for one row: `xu` in, better `xu` out. Compiled per CPU level (AVX-512,
+    /// AVX2) and picked at run time: the dot products and axpys are the whole training cost.
+    fn solve_row(s: &RowSolve, xu: &mut [f32], r: &mut [f32], p: &mut [f32], ap: &mut [f32]) {
+        let f = xu.len();
+        let (y, alpha) = (s.y, s.alpha);
+        // r = YᵀC_u p_u − (YᵀC_uY) x
+        symv(s.yty, xu, ap);
+        for (ri, a) in r.iter_mut().zip(ap.iter()) {
+            *ri = -a;
+        }
+        for (&i, &v) in s.items.iter().zip(s.values) {
+            let yi = &y[i as usize * f..(i as usize + 1) * f];
+            let c = 1.0 + alpha * v;
+            axpy(c - (c - 1.0) * dot(yi, xu), yi, r);
+        }
+        p.copy_from_slice(r);
+        let mut rsold = dot(r, r);
+        if rsold < 1e-20 {
+            return;
+        }
+        for _ in 0..s.cg_steps {
+            symv(s.yty, p, ap);
+            for (&i, &v) in s.items.iter().zip(s.values) {
+                let yi = &y[i as usize * f..(i as usize + 1) * f];
+                axpy(alpha * v * dot(yi, p), yi, ap);
+            }
+            let pap = dot(p, ap);
+            if pap <= 0.0 || !pap.is_finite() {
+                break;
+            }
+            let a = rsold / pap;
+            axpy(a, p, xu);
+            axpy(-a, ap, r);
+            let rsnew = dot(r, r);
+            if rsnew < 1e-20 {
+                break;
+            }
+            let beta = rsnew / rsold;
+            for (pi, ri) in p.iter_mut().zip(r.iter()) {
+                *pi = ri + beta * *pi;
+            }
+            rsold = rsnew;
+        }
+    }
+}
+
 /// One half-iteration: every row of `x` re-solved against fixed `y`.
 fn solve_side(m: &Csr, x: &mut [f32], y: &[f32], f: usize, cfg: &AlsConfig) {
     let yty = gramian(y, f, cfg.regularization);
@@ -182,45 +248,16 @@ fn solve_side(m: &Csr, x: &mut [f32], y: &[f32], f: usize, cfg: &AlsConfig) {
         .for_each_init(
             || (vec![0f32; f], vec![0f32; f], vec![0f32; f]),
             |(r, p, ap), (u, xu)| {
-                let (items, rs) = m.row(u);
-                // r = YᵀC_u p_u − (YᵀC_uY) x
-                symv(&yty, xu, ap);
-                for (ri, a) in r.iter_mut().zip(ap.iter()) {
-                    *ri = -a;
-                }
-                for (&i, &v) in items.iter().zip(rs) {
-                    let yi = &y[i as usize * f..(i as usize + 1) * f];
-                    let c = 1.0 + alpha * v;
-                    axpy(c - (c - 1.0) * dot(yi, xu), yi, r);
-                }
-                p.copy_from_slice(r);
-                let mut rsold = dot(r, r);
-                if rsold < 1e-20 {
-                    return;
-                }
-                for _ in 0..cfg.cg_steps {
-                    symv(&yty, p, ap);
-                    for (&i, &v) in items.iter().zip(rs) {
-                        let yi = &y[i as usize * f..(i as usize + 1) * f];
-                        axpy(alpha * v * dot(yi, p), yi, ap);
-                    }
-                    let pap = dot(p, ap);
-                    if pap <= 0.0 || !pap.is_finite() {
-                        break;
-                    }
-                    let a = rsold / pap;
-                    axpy(a, p, xu);
-                    axpy(-a, ap, r);
-                    let rsnew = dot(r, r);
-                    if rsnew < 1e-20 {
-                        break;
-                    }
-                    let beta = rsnew / rsold;
-                    for (pi, ri) in p.iter_mut().zip(r.iter()) {
-                        *pi = ri + beta * *pi;
-                    }
-                    rsold = rsnew;
-                }
+                let (items, values) = m.row(u);
+                let job = RowSolve {
+                    items,
+                    values,
+                    y,
+                    yty: &yty,
+                    alpha,
+                    cg_steps: cfg.cg_steps,
+                };
+                solve_row(&job, xu, r, p, ap);
             },
         );
 }

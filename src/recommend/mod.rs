@@ -59,6 +59,12 @@ pub fn train(
         catalog_file,
         with_loss,
     } = *input;
+    if cfg.factors == 0 || cfg.factors > 1024 {
+        return Err(RecommendError::Invalid(format!(
+            "--factors must be between 1 and 1024, not {}",
+            cfg.factors
+        )));
+    }
     let mut items = data.items.clone();
     if let Some(c) = catalog {
         let known: std::collections::HashSet<&str> = items.iter().map(String::as_str).collect();

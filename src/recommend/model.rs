@@ -1,7 +1,7 @@
 //! A trained recommender: factors, id maps, what each user has seen, item popularity and the
 //! catalog, saved as safetensors + JSON; and the queries served from it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
@@ -12,6 +12,7 @@ use super::als::{self, AlsConfig, Csr, Factors};
 use super::catalog::{Catalog, Product};
 use super::data::InteractionSpec;
 use super::error::{RecommendError, Result};
+use crate::nlu::ops::multiversion;
 
 const TENSORS: &str = "model.safetensors";
 const MANIFEST: &str = "manifest.json";
@@ -96,8 +97,8 @@ pub struct Model {
     /// YᵀY + λI, for fold-in.
     yty_reg: Vec<f32>,
     seen: Csr,
-    /// Item indices, most interacted first.
-    popular: Vec<u32>,
+    /// Per item: a score that orders by popularity (ties by index), for `top_k`.
+    popular_rank: Vec<f32>,
     popularity: Vec<f32>,
     products: Vec<Option<Product>>,
 }
@@ -179,6 +180,10 @@ impl Model {
                 .total_cmp(&popularity[a as usize])
                 .then(a.cmp(&b))
         });
+        let mut popular_rank = vec![0f32; items.len()];
+        for (r, &i) in popular.iter().enumerate() {
+            popular_rank[i as usize] = (items.len() - r) as f32;
+        }
         let item_unit: Vec<f32> = fx
             .item_factors
             .chunks(f.max(1))
@@ -212,7 +217,7 @@ impl Model {
             item_unit,
             yty_reg,
             seen,
-            popular,
+            popular_rank,
             popularity,
             products,
         })
@@ -395,36 +400,47 @@ impl Model {
         }
     }
 
-    /// Top `k` items by `score(i)` among those passing the filters and not excluded.
+    /// Top `k` items by `scores` among those passing the filters and not excluded.
     fn top_k(
         &self,
         k: usize,
         filters: &Filters,
-        exclude: &HashSet<u32>,
-        score: impl Fn(u32) -> f32,
+        exclude: &[u32],
+        mut scores: Vec<f32>,
     ) -> Vec<Recommendation> {
+        let out = f32::NEG_INFINITY;
+        for &i in exclude {
+            if let Some(s) = scores.get_mut(i as usize) {
+                *s = out;
+            }
+        }
+        for id in &filters.exclude {
+            if let Some(i) = self.item_idx(id) {
+                scores[i as usize] = out;
+            }
+        }
         let category = filters.category.as_deref();
-        let excluded_ids: HashSet<u32> = filters
-            .exclude
-            .iter()
-            .filter_map(|id| self.item_idx(id))
-            .collect();
-        let mut cand: Vec<(f32, u32)> = (0..self.items.len() as u32)
-            .filter(|i| !exclude.contains(i) && !excluded_ids.contains(i))
-            .filter(|&i| self.passes(i, filters, category))
-            .map(|i| (score(i), i))
-            .collect();
-        let k = k.min(cand.len());
-        if k == 0 {
-            return Vec::new();
+        if filters.in_stock || category.is_some() {
+            for (i, s) in scores.iter_mut().enumerate() {
+                if !self.passes(i as u32, filters, category) {
+                    *s = out;
+                }
+            }
         }
-        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, order);
-            cand.truncate(k);
+        // A sorted list of the best k: one comparison per item once it is full.
+        let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+        for (i, &s) in scores.iter().enumerate() {
+            if s == out || s.is_nan() {
+                continue;
+            }
+            if best.len() == k && best.last().is_some_and(|&(w, _)| s <= w) {
+                continue;
+            }
+            let pos = best.partition_point(|&(w, _)| w >= s);
+            best.insert(pos, (s, i as u32));
+            best.truncate(k);
         }
-        cand.sort_by(order);
-        cand.into_iter()
+        best.into_iter()
             .map(|(s, i)| Recommendation {
                 item: self.items[i as usize].clone(),
                 score: s,
@@ -433,30 +449,20 @@ impl Model {
             .collect()
     }
 
-    fn seen_set(&self, u: Option<u32>) -> HashSet<u32> {
-        u.map(|u| self.seen.row(u as usize).0.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
     /// Most popular items (training interactions), filtered.
-    pub fn popular(
-        &self,
-        k: usize,
-        filters: &Filters,
-        exclude: &HashSet<u32>,
-    ) -> Vec<Recommendation> {
-        // Score by rank so that ties keep the popularity order.
-        let n = self.popular.len() as f32;
-        let mut rank = vec![0f32; self.items.len()];
-        for (r, &i) in self.popular.iter().enumerate() {
-            rank[i as usize] = n - r as f32;
-        }
-        let mut out = self.top_k(k, filters, exclude, |i| rank[i as usize]);
+    pub fn popular(&self, k: usize, filters: &Filters, exclude: &[u32]) -> Vec<Recommendation> {
+        let mut out = self.top_k(k, filters, exclude, self.popular_rank.clone());
         for r in &mut out {
             if let Some(i) = self.item_idx(&r.item) {
                 r.score = self.popularity[i as usize];
             }
         }
+        out
+    }
+
+    fn scores(&self, x: &[f32], rows: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.items.len()];
+        matvec(rows, x, &mut out);
         out
     }
 
@@ -476,10 +482,9 @@ impl Model {
             .iter()
             .filter_map(|(id, w)| self.item_idx(id).map(|i| (i, w.max(0.0))))
             .collect();
-        let mut exclude = if exclude_seen {
-            self.seen_set(u)
-        } else {
-            HashSet::new()
+        let mut exclude: Vec<u32> = match (exclude_seen, u) {
+            (true, Some(u)) => self.seen.row(u as usize).0.to_vec(),
+            _ => Vec::new(),
         };
         let f = self.f;
         let vector: Option<(Basis, Vec<f32>)> = if !session_items.is_empty() {
@@ -511,10 +516,8 @@ impl Model {
         };
         match vector {
             Some((basis, x)) => {
-                let y = &self.item_factors;
-                let items = self.top_k(k, filters, &exclude, |i| {
-                    als::dot(&x, &y[i as usize * f..(i as usize + 1) * f])
-                });
+                let scores = self.scores(&x, &self.item_factors);
+                let items = self.top_k(k, filters, &exclude, scores);
                 Recommendations { basis, items }
             }
             None => Recommendations {
@@ -536,10 +539,8 @@ impl Model {
             .ok_or_else(|| RecommendError::UnknownItem(item.to_string()))?;
         let f = self.f;
         let q = &self.item_unit[i as usize * f..(i as usize + 1) * f];
-        let exclude = HashSet::from([i]);
-        Ok(self.top_k(k, filters, &exclude, |j| {
-            als::dot(q, &self.item_unit[j as usize * f..(j as usize + 1) * f])
-        }))
+        let scores = self.scores(q, &self.item_unit);
+        Ok(self.top_k(k, filters, &[i], scores))
     }
 
     /// Raw scores for a user index (evaluation).
@@ -556,6 +557,15 @@ impl Model {
 /// A model directory path for the default location.
 pub fn default_dir(models_root: &Path) -> PathBuf {
     models_root.join("recommend")
+}
+
+multiversion! {
+    /// out[i] = rows[i]·x for the f-wide rows (f = x.len()).
+    fn matvec(rows: &[f32], x: &[f32], out: &mut [f32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+            *o = als::dot(r, x);
+        }
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
