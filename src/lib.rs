@@ -3,6 +3,7 @@
 //! One folder per capability; the binary (`src/main.rs`, `src/cli/`) maps commands onto them.
 
 pub mod config;
+pub mod dialogue;
 pub mod faq;
 pub mod nlu;
 pub mod recommend;

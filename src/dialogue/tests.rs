@@ -1,0 +1,290 @@
+//! The policy against the real prompts/ files and a fake FAQ.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::faq::Filler;
+
+struct Shop {
+    filler: Filler,
+    /// intent → (id, template) of a trusted FAQ answer.
+    faq: BTreeMap<&'static str, (&'static str, &'static str)>,
+}
+
+impl Knowledge for Shop {
+    fn answer(&self, _text: &str, intent: Option<&str>) -> Option<KnownAnswer> {
+        let (id, t) = self.faq.get(intent?)?;
+        Some(KnownAnswer {
+            id: id.to_string(),
+            template: t.to_string(),
+            trusted: true,
+        })
+    }
+    fn intent_template(&self, intent: &str) -> Option<String> {
+        self.filler.intent_template(intent).map(String::from)
+    }
+    fn ask_for(&self, slot: &str) -> Option<String> {
+        self.filler.texts().ask.get(slot).cloned()
+    }
+    fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
+        self.filler.fill(template, slots)
+    }
+}
+
+fn prompts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("prompts")
+}
+
+fn setup() -> (Policy, Shop) {
+    let policy = Policy::load(&prompts(), "en").expect("policy");
+    let filler = Filler::load(&prompts(), "en").expect("filler");
+    let faq = BTreeMap::from([
+        (
+            "track_order",
+            (
+                "track-1",
+                "Order {{Order Number}} is on its way; see {{Order History URL}}.",
+            ),
+        ),
+        (
+            "check_payment_methods",
+            ("pay-1", "We accept {{Payment Methods List}}."),
+        ),
+    ]);
+    (policy, Shop { filler, faq })
+}
+
+fn msg(text: &str, intent: Option<&str>, sentiment: (&str, f32)) -> Understanding {
+    Understanding {
+        text: text.into(),
+        intent: intent.map(String::from),
+        intent_confidence: 0.9,
+        sentiment: Some(sentiment.0.into()),
+        sentiment_score: sentiment.1,
+        slots: extractor().extract(text),
+    }
+}
+
+fn extractor() -> &'static crate::nlu::slots::SlotExtractor {
+    static X: std::sync::OnceLock<crate::nlu::slots::SlotExtractor> = std::sync::OnceLock::new();
+    X.get_or_init(crate::nlu::slots::SlotExtractor::default)
+}
+
+const CALM: (&str, f32) = ("neutral", 0.7);
+const ANGRY: (&str, f32) = ("negative", 0.95);
+
+#[test]
+fn greeting_is_small_talk_with_popular_products() {
+    let (p, k) = setup();
+    let mut st = State::default();
+    let d = p.turn(&mut st, &msg("Hello!", None, CALM), &k);
+    assert_eq!(d.source, "small_talk:greeting");
+    assert!(d
+        .reply
+        .as_deref()
+        .is_some_and(|r| r.contains("Juniper & Pine")));
+    assert_eq!(d.products, ProductRequest::Popular);
+    assert!(!d.quick_replies.is_empty());
+    assert_eq!(st.low_confidence_streak, 0);
+}
+
+#[test]
+fn order_number_is_asked_for_then_remembered() {
+    let (p, k) = setup();
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("where is my order?", Some("track_order"), CALM),
+        &k,
+    );
+    assert_eq!(d.source, "ask:order_number");
+    assert!(d
+        .reply
+        .as_deref()
+        .is_some_and(|r| r.contains("order number")));
+    assert!(st.pending.is_some());
+    // The answer to the question: no intent of its own, but the slot.
+    let d = p.turn(&mut st, &msg("it's 4451-23", None, CALM), &k);
+    assert_eq!(d.intent.as_deref(), Some("track_order"));
+    assert_eq!(d.source, "faq:track-1");
+    assert!(
+        d.reply.as_deref().is_some_and(|r| r.contains("4451-23")),
+        "{d:?}"
+    );
+    assert!(st.pending.is_none());
+    assert!(matches!(d.products, ProductRequest::ForShopper(_)));
+    // Later questions about the order do not ask again.
+    let d = p.turn(
+        &mut st,
+        &msg("and when will it arrive?", Some("track_order"), CALM),
+        &k,
+    );
+    assert_eq!(d.source, "faq:track-1");
+    assert!(d.reply.as_deref().is_some_and(|r| r.contains("4451-23")));
+}
+
+#[test]
+fn angry_complaint_escalates_and_the_bot_goes_quiet_once_claimed() {
+    let (p, k) = setup();
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg(
+            "This is the third time my refund is late, I am furious",
+            Some("complaint"),
+            ANGRY,
+        ),
+        &k,
+    );
+    assert_eq!(d.escalated, Some(EscalationReason::Complaint));
+    assert_eq!(st.status, Status::Waiting);
+    assert!(d.reply.as_deref().is_some_and(|r| r.contains("team")));
+    // While waiting the bot still answers, and says a person is coming.
+    let d = p.turn(
+        &mut st,
+        &msg("how can I pay", Some("check_payment_methods"), CALM),
+        &k,
+    );
+    assert!(d.escalated.is_none());
+    assert!(d
+        .reply
+        .as_deref()
+        .is_some_and(|r| r.contains("Visa") && r.contains("join shortly")));
+    p.agent_claimed(&mut st);
+    let d = p.turn(&mut st, &msg("hello?", None, CALM), &k);
+    assert_eq!(d.reply, None);
+    p.resolved(&mut st);
+    let d = p.turn(
+        &mut st,
+        &msg("how can I pay", Some("check_payment_methods"), CALM),
+        &k,
+    );
+    assert_eq!(st.status, Status::Bot);
+    assert!(d.reply.is_some());
+}
+
+#[test]
+fn other_escalation_rules() {
+    let (p, k) = setup();
+    // Asking for a person.
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("I want a human", Some("contact_human_agent"), CALM),
+        &k,
+    );
+    assert_eq!(d.escalated, Some(EscalationReason::AskedForHuman));
+    // Strongly negative twice in a row (not a complaint).
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("this is awful", Some("track_order"), ANGRY),
+        &k,
+    );
+    assert_eq!(d.escalated, None);
+    let d = p.turn(&mut st, &msg("useless", None, ANGRY), &k);
+    assert_eq!(d.escalated, Some(EscalationReason::NegativeSentiment));
+    // Negative, then calm, then negative: the streak was broken.
+    let mut st = State::default();
+    for (s, e) in [(ANGRY, None), (CALM, None), (ANGRY, None)] {
+        assert_eq!(
+            p.turn(&mut st, &msg("hm", Some("review"), s), &k).escalated,
+            e
+        );
+    }
+    // Three turns not understood.
+    let mut st = State::default();
+    let d1 = p.turn(&mut st, &msg("blorp", None, CALM), &k);
+    assert_eq!(d1.source, "rephrase");
+    assert_eq!(d1.quick_replies, vec!["Talk to a person"]);
+    p.turn(&mut st, &msg("zzz", None, CALM), &k);
+    let d3 = p.turn(&mut st, &msg("qwerty", None, CALM), &k);
+    assert_eq!(d3.escalated, Some(EscalationReason::LowConfidence));
+    // Replies marked unhelpful.
+    let mut st = State::default();
+    assert_eq!(p.feedback(&mut st, false), None);
+    assert_eq!(p.feedback(&mut st, true), None);
+    assert_eq!(
+        p.feedback(&mut st, false),
+        Some(EscalationReason::Unhelpful)
+    );
+    assert_eq!(st.status, Status::Waiting);
+}
+
+#[test]
+fn recommendation_requests_carry_mentioned_products() {
+    let (p, k) = setup();
+    let mut st = State::default();
+    st.products_mentioned.push("jp-026".into());
+    let d = p.turn(
+        &mut st,
+        &msg("can you recommend something nice?", None, CALM),
+        &k,
+    );
+    assert_eq!(d.source, "recommend");
+    assert_eq!(
+        d.products,
+        ProductRequest::ForShopper(vec!["jp-026".into()])
+    );
+}
+
+/// Random conversations keep the invariants: no raw placeholder in any reply, silence once an
+/// agent has claimed, one escalation per conversation, pending slots are ones the config names.
+#[test]
+fn random_conversations_keep_the_invariants() {
+    let (p, k) = setup();
+    let intents = [
+        None,
+        Some("track_order"),
+        Some("cancel_order"),
+        Some("complaint"),
+        Some("check_payment_methods"),
+        Some("contact_human_agent"),
+        Some("get_refund"),
+        Some("review"),
+    ];
+    let texts = [
+        "hi",
+        "thanks",
+        "order 12345 please",
+        "blah",
+        "recommend me a dress",
+        "bye",
+        "x",
+    ];
+    let sentiments = [CALM, ANGRY, ("positive", 0.9)];
+    let slots: BTreeSet<&String> = p.config.needs_slot.values().collect();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..300 {
+        let mut st = State::default();
+        let mut escalations = 0;
+        for _ in 0..12 {
+            if rng.u8(..10) == 0 {
+                p.agent_claimed(&mut st);
+            }
+            let u = msg(
+                texts[rng.usize(..texts.len())],
+                intents[rng.usize(..intents.len())],
+                sentiments[rng.usize(..sentiments.len())],
+            );
+            let claimed = st.status == Status::Claimed;
+            let d = p.turn(&mut st, &u, &k);
+            if claimed {
+                assert_eq!(d.reply, None);
+            } else {
+                let r = d.reply.as_deref().expect("a reply");
+                assert!(!r.contains("{{") && !r.contains("}}"), "{r}");
+                assert!(!r.trim().is_empty());
+            }
+            escalations += usize::from(d.escalated.is_some());
+            if let Some(pd) = &st.pending {
+                assert!(
+                    slots.contains(&pd.slot) || k.ask_for(&pd.slot).is_some(),
+                    "{pd:?}"
+                );
+            }
+        }
+        assert!(escalations <= 1);
+    }
+}
