@@ -7,4 +7,5 @@ pub mod dialogue;
 pub mod faq;
 pub mod nlu;
 pub mod recommend;
+pub mod store;
 pub mod table;

@@ -1,0 +1,626 @@
+//! `store` is the only module that speaks SQL: conversations (with the dialogue state), their
+//! messages (with intent, sentiment and confidence), escalations and feedback.
+//!
+//! SQLite in WAL mode by default (`sqlite://path/to/shopdesk.db`, created if missing), with
+//! `synchronous = FULL`: a turn's shopper message and bot reply are one transaction, committed
+//! and synced before the reply is sent, so an acknowledged message survives `kill -9` and power
+//! loss. Migrations are compiled into the binary and applied at connect. Queries are plain SQL
+//! that PostgreSQL also accepts (TEXT ids made here, BIGINT unix milliseconds).
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Everything that can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL '{0}' is not supported: use sqlite://PATH (PostgreSQL is planned)")]
+    UnsupportedUrl(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("conversation {0} not found")]
+    NoConversation(String),
+    #[error("escalation {0} not found")]
+    NoEscalation(String),
+    #[error("message {0} not found")]
+    NoMessage(String),
+    #[error("escalation {id} is already {status}")]
+    EscalationState { id: String, status: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Migrations, in order; each runs once, in a transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Unix milliseconds, strictly increasing within the process: rows written in one millisecond
+/// still sort in the order they were written (feedback, escalations), portably, without
+/// engine-specific row ids.
+pub fn now_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// A random 128-bit id, hex. Unguessable: conversation ids are not secrets (tokens are signed),
+/// but nothing should be enumerable.
+pub fn new_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub locale: String,
+    pub status: String,
+    /// The dialogue state as JSON (`dialogue::State`).
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NewMessage {
+    /// `shopper`, `bot` or `agent`.
+    pub role: String,
+    pub author: Option<String>,
+    pub client_id: Option<String>,
+    pub text: String,
+    pub intent: Option<String>,
+    pub intent_confidence: Option<f32>,
+    pub sentiment: Option<String>,
+    pub sentiment_score: Option<f32>,
+    pub reply_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub role: String,
+    pub author: Option<String>,
+    pub client_id: Option<String>,
+    pub text: String,
+    pub intent: Option<String>,
+    pub intent_confidence: Option<f32>,
+    pub sentiment: Option<String>,
+    pub sentiment_score: Option<f32>,
+    pub reply_to: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub id: String,
+    pub conversation_id: String,
+    pub reason: String,
+    /// `open`, `claimed` or `resolved`.
+    pub status: String,
+    pub agent: Option<String>,
+    pub sentiment_score: Option<f32>,
+    pub created_at: i64,
+    pub claimed_at: Option<i64>,
+    pub resolved_at: Option<i64>,
+}
+
+/// A relabelled message: training data for `train --feedback`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Relabel {
+    pub message_id: String,
+    pub text: String,
+    pub intent: Option<String>,
+    pub sentiment: Option<String>,
+    pub agent: Option<String>,
+}
+
+/// Where to store, and how hard to sync.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// `FULL` (default) syncs every commit: acknowledged turns survive power loss. `NORMAL`
+    /// survives a killed process but may lose the last commits on power loss; faster.
+    pub synchronous_full: bool,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            max_connections: 8,
+            synchronous_full: true,
+        }
+    }
+}
+
+/// The database handle. Cheap to clone (a pool).
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn conversation(r: &sqlx::sqlite::SqliteRow) -> Result<Conversation> {
+    Ok(Conversation {
+        id: r.try_get("id")?,
+        customer_id: r.try_get("customer_id")?,
+        locale: r.try_get("locale")?,
+        status: r.try_get("status")?,
+        state: r.try_get("state")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn message(r: &sqlx::sqlite::SqliteRow) -> Result<Message> {
+    Ok(Message {
+        id: r.try_get("id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        seq: r.try_get("seq")?,
+        role: r.try_get("role")?,
+        author: r.try_get("author")?,
+        client_id: r.try_get("client_id")?,
+        text: r.try_get("text")?,
+        intent: r.try_get("intent")?,
+        intent_confidence: r.try_get("intent_confidence")?,
+        sentiment: r.try_get("sentiment")?,
+        sentiment_score: r.try_get("sentiment_score")?,
+        reply_to: r.try_get("reply_to")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn escalation(r: &sqlx::sqlite::SqliteRow) -> Result<Escalation> {
+    Ok(Escalation {
+        id: r.try_get("id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        reason: r.try_get("reason")?,
+        status: r.try_get("status")?,
+        agent: r.try_get("agent")?,
+        sentiment_score: r.try_get("sentiment_score")?,
+        created_at: r.try_get("created_at")?,
+        claimed_at: r.try_get("claimed_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+    })
+}
+
+async fn insert_message(
+    tx: &mut sqlx::SqliteConnection,
+    conversation_id: &str,
+    m: &NewMessage,
+    at: i64,
+) -> Result<String> {
+    let id = new_id();
+    let seq: i64 = sqlx::query(
+        "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM messages WHERE conversation_id = $1",
+    )
+    .bind(conversation_id)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("next")?;
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, role, author, client_id, text, intent, \
+         intent_confidence, sentiment, sentiment_score, reply_to, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&id)
+    .bind(conversation_id)
+    .bind(seq)
+    .bind(&m.role)
+    .bind(&m.author)
+    .bind(&m.client_id)
+    .bind(&m.text)
+    .bind(&m.intent)
+    .bind(m.intent_confidence)
+    .bind(&m.sentiment)
+    .bind(m.sentiment_score)
+    .bind(&m.reply_to)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(id)
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database.
+    pub async fn connect(opts: &StoreOptions) -> Result<Store> {
+        let path = opts
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| opts.url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::UnsupportedUrl(opts.url.clone()))?;
+        let connect = if path == ":memory:" {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+        }
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if opts.synchronous_full {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+        // One connection for an in-memory database: each connection would be its own database.
+        let max = if path == ":memory:" {
+            1
+        } else {
+            opts.max_connections.max(1)
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(connect)
+            .await?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            for stmt in sql.split(';').map(str::trim).filter(|s| {
+                !s.lines()
+                    .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+            }) {
+                sqlx::query(stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Is the database answering? (`/readyz`)
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_conversation(
+        &self,
+        customer_id: Option<&str>,
+        locale: &str,
+        status: &str,
+        state: &str,
+    ) -> Result<Conversation> {
+        let at = now_ms();
+        let c = Conversation {
+            id: new_id(),
+            customer_id: customer_id.map(String::from),
+            locale: locale.into(),
+            status: status.into(),
+            state: state.into(),
+            created_at: at,
+            updated_at: at,
+        };
+        sqlx::query(
+            "INSERT INTO conversations (id, customer_id, locale, status, state, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.id)
+        .bind(&c.customer_id)
+        .bind(&c.locale)
+        .bind(&c.status)
+        .bind(&c.state)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(c)
+    }
+
+    pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
+        sqlx::query("SELECT * FROM conversations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(conversation)
+            .transpose()
+    }
+
+    /// Stores a shopper message, the bot's reply (if any) and the new dialogue state in one
+    /// transaction. Returns the ids of (shopper message, reply).
+    pub async fn record_turn(
+        &self,
+        conversation_id: &str,
+        shopper: &NewMessage,
+        reply: Option<&NewMessage>,
+        status: &str,
+        state: &str,
+    ) -> Result<(String, Option<String>)> {
+        let mut tx = self.pool.begin().await?;
+        let at = now_ms();
+        let updated = sqlx::query(
+            "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(state)
+        .bind(at)
+        .bind(conversation_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoConversation(conversation_id.into()));
+        }
+        let sid = insert_message(&mut tx, conversation_id, shopper, at).await?;
+        let rid = match reply {
+            Some(r) => {
+                let r = NewMessage {
+                    reply_to: Some(sid.clone()),
+                    ..r.clone()
+                };
+                Some(insert_message(&mut tx, conversation_id, &r, at).await?)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok((sid, rid))
+    }
+
+    /// Stores one message on its own (an agent's reply, a system note).
+    pub async fn add_message(&self, conversation_id: &str, m: &NewMessage) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        let at = now_ms();
+        let updated = sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoConversation(conversation_id.into()));
+        }
+        let id = insert_message(&mut tx, conversation_id, m, at).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Updates a conversation's status and dialogue state.
+    pub async fn set_state(&self, conversation_id: &str, status: &str, state: &str) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(state)
+        .bind(now_ms())
+        .bind(conversation_id)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NoConversation(conversation_id.into()));
+        }
+        Ok(())
+    }
+
+    /// The last `limit` messages of a conversation, oldest first.
+    pub async fn messages(&self, conversation_id: &str, limit: i64) -> Result<Vec<Message>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT $2) \
+             AS last ORDER BY seq ASC",
+        )
+        .bind(conversation_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message).collect()
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(message)
+            .transpose()
+    }
+
+    pub async fn escalate(
+        &self,
+        conversation_id: &str,
+        reason: &str,
+        sentiment_score: Option<f32>,
+    ) -> Result<Escalation> {
+        let e = Escalation {
+            id: new_id(),
+            conversation_id: conversation_id.into(),
+            reason: reason.into(),
+            status: "open".into(),
+            agent: None,
+            sentiment_score,
+            created_at: now_ms(),
+            claimed_at: None,
+            resolved_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO escalations (id, conversation_id, reason, status, sentiment_score, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&e.id)
+        .bind(&e.conversation_id)
+        .bind(&e.reason)
+        .bind(&e.status)
+        .bind(e.sentiment_score)
+        .bind(e.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(e)
+    }
+
+    pub async fn escalation(&self, id: &str) -> Result<Option<Escalation>> {
+        sqlx::query("SELECT * FROM escalations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(escalation)
+            .transpose()
+    }
+
+    /// Escalations with `status` (any when `None`): open ones longest-waiting first, the others
+    /// newest first.
+    pub async fn escalations(&self, status: Option<&str>, limit: i64) -> Result<Vec<Escalation>> {
+        let sql = if status == Some("open") {
+            "SELECT * FROM escalations WHERE status = 'open' ORDER BY created_at ASC, id LIMIT $2"
+        } else {
+            "SELECT * FROM escalations WHERE ($1 IS NULL OR status = $1) \
+             ORDER BY created_at DESC, id LIMIT $2"
+        };
+        let rows = sqlx::query(sql)
+            .bind(status)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(escalation).collect()
+    }
+
+    /// Applies a guarded status change; when no row changed, says why.
+    async fn transition(&self, id: &str, sql: &'static str, agent: &str) -> Result<Escalation> {
+        let r = sqlx::query(sql)
+            .bind(agent)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        let e = self
+            .escalation(id)
+            .await?
+            .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::EscalationState {
+                id: id.into(),
+                status: e.status,
+            });
+        }
+        Ok(e)
+    }
+
+    /// open → claimed. Exactly one agent wins a claim race (the guard is in the UPDATE).
+    pub async fn claim(&self, id: &str, agent: &str) -> Result<Escalation> {
+        self.transition(
+            id,
+            "UPDATE escalations SET status = 'claimed', agent = $1, claimed_at = $2 \
+             WHERE id = $3 AND status = 'open'",
+            agent,
+        )
+        .await
+    }
+
+    /// open | claimed → resolved.
+    pub async fn resolve(&self, id: &str, agent: &str) -> Result<Escalation> {
+        self.transition(
+            id,
+            "UPDATE escalations SET status = 'resolved', agent = $1, resolved_at = $2 \
+             WHERE id = $3 AND status IN ('open', 'claimed')",
+            agent,
+        )
+        .await
+    }
+
+    /// A shopper's "was this helpful?" on a bot message.
+    pub async fn add_helpful(&self, message_id: &str, helpful: bool) -> Result<()> {
+        if self.message(message_id).await?.is_none() {
+            return Err(StoreError::NoMessage(message_id.into()));
+        }
+        sqlx::query(
+            "INSERT INTO feedback (id, message_id, kind, helpful, created_at) VALUES ($1, $2, 'helpful', $3, $4)",
+        )
+        .bind(new_id())
+        .bind(message_id)
+        .bind(i64::from(helpful))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An agent's correction of a message's intent and/or sentiment.
+    pub async fn relabel(
+        &self,
+        message_id: &str,
+        intent: Option<&str>,
+        sentiment: Option<&str>,
+        agent: &str,
+    ) -> Result<()> {
+        if self.message(message_id).await?.is_none() {
+            return Err(StoreError::NoMessage(message_id.into()));
+        }
+        sqlx::query(
+            "INSERT INTO feedback (id, message_id, kind, intent, sentiment, agent, created_at) \
+             VALUES ($1, $2, 'relabel', $3, $4, $5, $6)",
+        )
+        .bind(new_id())
+        .bind(message_id)
+        .bind(intent)
+        .bind(sentiment)
+        .bind(agent)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every relabel with its message's text, oldest first (the latest label of a message wins
+    /// when they are read in order).
+    pub async fn relabels(&self) -> Result<Vec<Relabel>> {
+        let rows = sqlx::query(
+            "SELECT f.message_id, m.text, f.intent, f.sentiment, f.agent FROM feedback f \
+             JOIN messages m ON m.id = f.message_id WHERE f.kind = 'relabel' ORDER BY f.created_at, f.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Relabel {
+                    message_id: r.try_get("message_id")?,
+                    text: r.try_get("text")?,
+                    intent: r.try_get("intent")?,
+                    sentiment: r.try_get("sentiment")?,
+                    agent: r.try_get("agent")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+use super::*;
+
+async fn open(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    Store::connect(&StoreOptions::new(url))
+        .await
+        .expect("connect")
+}
+
+fn shopper(text: &str) -> NewMessage {
+    NewMessage {
+        role: "shopper".into(),
+        client_id: Some("c1".into()),
+        text: text.into(),
+        intent: Some("track_order".into()),
+        intent_confidence: Some(0.93),
+        sentiment: Some("neutral".into()),
+        sentiment_score: Some(0.6),
+        ..Default::default()
+    }
+}
+
+fn bot(text: &str) -> NewMessage {
+    NewMessage {
+        role: "bot".into(),
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn turns_are_stored_in_order_and_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(Some("cust-1"), "en", "bot", "{}")
+        .await
+        .expect("create");
+    let (a, r) = s
+        .record_turn(
+            &c.id,
+            &shopper("where is my order?"),
+            Some(&bot("Which order?")),
+            "bot",
+            "{\"turns\":1}",
+        )
+        .await
+        .expect("turn");
+    let (b, none) = s
+        .record_turn(&c.id, &shopper("4451-23"), None, "claimed", "{\"turns\":2}")
+        .await
+        .expect("turn");
+    assert!(none.is_none());
+    let reply = r.expect("reply id");
+    drop(s);
+    // A new pool on the same file: everything is there (committed, not cached).
+    let s = open(&dir).await;
+    let msgs = s.messages(&c.id, 50).await.expect("messages");
+    let ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec![a.as_str(), reply.as_str(), b.as_str()]);
+    assert_eq!(
+        msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(msgs[1].reply_to.as_deref(), Some(a.as_str()));
+    assert_eq!(msgs[0].intent_confidence, Some(0.93));
+    let conv = s.conversation(&c.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (conv.status.as_str(), conv.state.as_str()),
+        ("claimed", "{\"turns\":2}")
+    );
+    // The last N, oldest first.
+    let last = s.messages(&c.id, 2).await.expect("messages");
+    assert_eq!(last.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(matches!(
+        s.record_turn("nope", &shopper("x"), None, "bot", "{}")
+            .await,
+        Err(StoreError::NoConversation(_))
+    ));
+}
+
+#[tokio::test]
+async fn escalations_claim_once_resolve_and_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", "waiting", "{}")
+        .await
+        .expect("create");
+    let e = s
+        .escalate(&c.id, "complaint", Some(0.97))
+        .await
+        .expect("escalate");
+    let c2 = s
+        .create_conversation(None, "en", "waiting", "{}")
+        .await
+        .expect("create");
+    let e2 = s
+        .escalate(&c2.id, "asked_for_human", None)
+        .await
+        .expect("escalate");
+    let open_ids: Vec<String> = s
+        .escalations(Some("open"), 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(
+        open_ids,
+        vec![e.id.clone(), e2.id.clone()],
+        "longest waiting first"
+    );
+    // Two agents race for the same escalation: one wins.
+    let (x, y) = tokio::join!(s.claim(&e.id, "ann"), s.claim(&e.id, "bob"));
+    assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    let claimed = s.escalation(&e.id).await.expect("get").expect("exists");
+    assert_eq!(claimed.status, "claimed");
+    assert!(claimed.claimed_at.is_some());
+    let err = s.claim(&e.id, "cy").await.expect_err("already claimed");
+    assert!(err.to_string().contains("already claimed"), "{err}");
+    let r = s.resolve(&e.id, "ann").await.expect("resolve");
+    assert_eq!(r.status, "resolved");
+    assert!(s.resolve(&e.id, "ann").await.is_err());
+    assert_eq!(
+        s.escalations(Some("open"), 10).await.expect("list").len(),
+        1
+    );
+    assert_eq!(s.escalations(None, 10).await.expect("list").len(), 2);
+    assert!(matches!(
+        s.claim("nope", "ann").await,
+        Err(StoreError::NoEscalation(_))
+    ));
+}
+
+#[tokio::test]
+async fn feedback_and_relabels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", "bot", "{}")
+        .await
+        .expect("create");
+    let (m, r) = s
+        .record_turn(
+            &c.id,
+            &shopper("I want my money back"),
+            Some(&bot("Sure.")),
+            "bot",
+            "{}",
+        )
+        .await
+        .expect("turn");
+    s.add_helpful(&r.expect("reply"), false)
+        .await
+        .expect("helpful");
+    s.relabel(&m, Some("get_refund"), None, "ann")
+        .await
+        .expect("relabel");
+    s.relabel(&m, None, Some("negative"), "bob")
+        .await
+        .expect("relabel");
+    let rl = s.relabels().await.expect("relabels");
+    assert_eq!(rl.len(), 2);
+    assert_eq!(rl[0].text, "I want my money back");
+    assert_eq!(rl[0].intent.as_deref(), Some("get_refund"));
+    assert_eq!(rl[1].sentiment.as_deref(), Some("negative"));
+    assert!(matches!(
+        s.relabel("nope", None, None, "x").await,
+        Err(StoreError::NoMessage(_))
+    ));
+}
+
+#[tokio::test]
+async fn urls_memory_and_migrations() {
+    assert!(matches!(
+        Store::connect(&StoreOptions::new("postgres://x")).await,
+        Err(StoreError::UnsupportedUrl(_))
+    ));
+    let s = Store::connect(&StoreOptions::new("sqlite::memory:"))
+        .await
+        .expect("memory");
+    s.ping().await.expect("ping");
+    // Reconnecting to a migrated file applies nothing twice.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = open(&dir).await;
+    a.create_conversation(None, "en", "bot", "{}")
+        .await
+        .expect("create");
+    drop(a);
+    let b = open(&dir).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        .fetch_one(&b.pool)
+        .await
+        .expect("count");
+    assert_eq!(n, MIGRATIONS.len() as i64);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&b.pool)
+        .await
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+}
