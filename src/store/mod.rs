@@ -309,6 +309,21 @@ impl Store {
         Ok(())
     }
 
+    async fn by_id<T>(
+        &self,
+        sql: &'static str,
+        id: &str,
+        map: fn(&sqlx::sqlite::SqliteRow) -> Result<T>,
+    ) -> Result<Option<T>> {
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(map)
+            .transpose()
+    }
+
     /// Is the database answering? (`/readyz`)
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -349,13 +364,12 @@ impl Store {
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
-        sqlx::query("SELECT * FROM conversations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(conversation)
-            .transpose()
+        self.by_id(
+            "SELECT * FROM conversations WHERE id = $1",
+            id,
+            conversation,
+        )
+        .await
     }
 
     /// Stores a shopper message, the bot's reply (if any) and the new dialogue state in one
@@ -445,13 +459,8 @@ impl Store {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<Message>> {
-        sqlx::query("SELECT * FROM messages WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(message)
-            .transpose()
+        self.by_id("SELECT * FROM messages WHERE id = $1", id, message)
+            .await
     }
 
     pub async fn escalate(
@@ -487,13 +496,8 @@ impl Store {
     }
 
     pub async fn escalation(&self, id: &str) -> Result<Option<Escalation>> {
-        sqlx::query("SELECT * FROM escalations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(escalation)
-            .transpose()
+        self.by_id("SELECT * FROM escalations WHERE id = $1", id, escalation)
+            .await
     }
 
     /// Escalations with `status` (any when `None`): open ones longest-waiting first, the others
