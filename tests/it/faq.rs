@@ -433,3 +433,107 @@ fn bitext_retrieval_meets_the_bar() {
     assert!(get("hybrid + intent boost") >= 0.97, "{r}");
     assert!(get("hybrid + intent off") > get("bm25 + intent off"), "{r}");
 }
+
+/// Ranking invariants over many random queries: at most k hits, best first, no id twice, no
+/// answer near-duplicated, intent_match exactly when the hit has the hinted intent (boost mode).
+#[test]
+fn ranking_invariants_hold_for_random_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let words = [
+        "order",
+        "refund",
+        "where",
+        "my",
+        "cancel",
+        "pay",
+        "paypal",
+        "card",
+        "invoice",
+        "ship",
+        "address",
+        "password",
+        "account",
+        "newsletter",
+        "dress",
+        "size",
+        "return",
+        "human",
+        "late",
+    ];
+    let intents = [
+        "track_order",
+        "get_refund",
+        "check_payment_methods",
+        "nope",
+        "cancel_order",
+    ];
+    let mut rng = fastrand::Rng::with_seed(5);
+    let entries: Vec<FaqEntry> = (0..300)
+        .map(|i| {
+            let q: Vec<&str> = (0..6).map(|_| words[rng.usize(..words.len())]).collect();
+            let a: Vec<&str> = (0..20).map(|_| words[rng.usize(..words.len())]).collect();
+            // Every third answer is a copy of an earlier one: duplicates to fold.
+            let answer = if i % 3 == 2 {
+                format!("answer {}", i - 1)
+            } else {
+                format!("answer {i} {}", a.join(" "))
+            };
+            entry(&format!("e{i}"), &q.join(" "), &answer, intents[i % 4])
+        })
+        .collect();
+    faq::index::build(dir.path(), entries, vec![info()], &mut HashEmbedder).expect("build");
+    let idx = faq::open(dir.path(), None).expect("open");
+    for _ in 0..300 {
+        let q: Vec<&str> = (0..rng.usize(1..6))
+            .map(|_| words[rng.usize(..words.len())])
+            .collect();
+        let q = q.join(" ");
+        let intent = intents[rng.usize(..intents.len())];
+        let k = rng.usize(1..8);
+        let emb = HashEmbedder.embed(&[q.as_str()]).expect("embed");
+        for mode in [
+            faq::IntentMode::Off,
+            faq::IntentMode::Filter,
+            faq::IntentMode::Boost,
+        ] {
+            let opts = SearchOptions {
+                k,
+                intent_mode: mode,
+                ..SearchOptions::default()
+            };
+            let hits = idx
+                .search(&q, Some(&emb[0]), Some(intent), &opts)
+                .expect("search");
+            assert!(hits.len() <= k);
+            assert!(
+                hits.windows(2)
+                    .all(|w| w[0].scores.score >= w[1].scores.score),
+                "{q}"
+            );
+            let ids: std::collections::BTreeSet<&str> =
+                hits.iter().map(|h| h.id.as_str()).collect();
+            assert_eq!(ids.len(), hits.len());
+            let answers: std::collections::BTreeSet<&str> =
+                hits.iter().map(|h| h.answer.as_str()).collect();
+            assert_eq!(
+                answers.len(),
+                hits.len(),
+                "an exact duplicate answer was not folded"
+            );
+            for h in &hits {
+                if mode != faq::IntentMode::Off {
+                    assert_eq!(
+                        h.scores.intent_match,
+                        h.intent.as_deref() == Some(intent),
+                        "{h:?}"
+                    );
+                }
+                // Filtering by an intent that has entries keeps to it (cancel_order has none: the
+                // search falls back to everything).
+                if mode == faq::IntentMode::Filter && intent != "cancel_order" {
+                    assert_eq!(h.intent.as_deref(), Some(intent));
+                }
+            }
+        }
+    }
+}
