@@ -118,9 +118,10 @@ pub struct AlsArgs {
     cg_steps: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Compute the loss after each iteration (costs about one extra half-iteration each).
+    /// Skip computing the training loss after each iteration (it costs about half an
+    /// iteration each; `recommend eval` never computes it).
     #[arg(long)]
-    loss: bool,
+    no_loss: bool,
 }
 
 impl AlsArgs {
@@ -234,11 +235,12 @@ pub fn run(c: RecommendCommand, s: &Settings) -> Result<()> {
                 spec: &spec,
                 data_file: &data_file,
                 catalog_file: catalog_file.as_deref(),
-                with_loss: als.loss,
+                with_loss: !als.no_loss,
             };
             let m = recommend::train(&input, &cfg, |it, loss| {
                 bar.set_position(it as u64);
                 if let Some(l) = loss {
+                    bar.set_message(format!("loss {l:.5}"));
                     bar.suspend(|| eprintln!("iteration {it:>3}: loss {l:.6}"));
                 }
             })?;
