@@ -4,6 +4,8 @@
 //! cargo bench --bench encoder -- [--texts FILE] [--threads N] [--json OUT]
 //! Inputs default to ../shared/data/womens-clothing-reviews (first 10,000 non-empty reviews).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -44,12 +46,8 @@ fn enc_tokens_short(files: &hub::EncoderFiles) -> anyhow::Result<Tokens> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let cli = common::BenchArgs::parse();
+    let arg = |name: &str| cli.get(name);
     if let Some(t) = arg("--threads") {
         std::env::set_var("RAYON_NUM_THREADS", t);
     }
@@ -57,8 +55,7 @@ fn main() -> anyhow::Result<()> {
     let reviews_path = arg("--texts").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(&data_dir).join("womens-clothing-reviews/womens_clothing_reviews.csv")
     });
-    // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run then.
-    let smoke = !args.iter().any(|a| a == "--bench");
+    let smoke = cli.smoke;
     let n_reviews: usize =
         arg("--n")
             .and_then(|s| s.parse().ok())

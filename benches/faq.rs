@@ -11,6 +11,8 @@
 //! cosine scan over all entries' f32 embeddings (what a dense-only FAQ search does without an
 //! index).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,21 +36,14 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    // `cargo test --benches` runs this without `--bench`: a small smoke run then.
-    let smoke = !args.iter().any(|a| a == "--bench");
+    let cli = common::BenchArgs::parse();
+    let arg = |name: &str| cli.get(name);
+    let smoke = cli.smoke;
     let n_scale: usize =
         arg("--n")
             .and_then(|s| s.parse().ok())
             .unwrap_or(if smoke { 2_000 } else { 100_000 });
-    let passes: usize = arg("--passes")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 5 });
+    let passes: usize = cli.num("--passes", if smoke { 1 } else { 5 });
     let data_dir = std::env::var("SHOPDESK_DATA_DIR").unwrap_or_else(|_| "../shared/data".into());
     let bitext = PathBuf::from(&data_dir).join("bitext/bitext_customer_support.csv");
     anyhow::ensure!(
@@ -161,14 +156,8 @@ fn main() -> anyhow::Result<()> {
             eval::run(&index, &qs[..qs.len().min(50)], &search, &opts)?; // warm-up
             for _ in 0..passes {
                 for q in &qs {
-                    let t = Instant::now();
-                    let hits = index.search(
-                        &q.text,
-                        Some(&q.embedding),
-                        q.predicted_intent.as_deref(),
-                        &opts,
-                    )?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    let (hits, us) = eval::timed_search(&index, q, &opts)?;
+                    lat.push(us);
                     std::hint::black_box(hits);
                 }
             }

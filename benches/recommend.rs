@@ -9,6 +9,8 @@
 //! popularity (seeded), every interaction weighs 1. Quality is measured on real data by
 //! `shopdesk recommend eval` (see benches/run_recommend_bench.sh).
 
+mod common;
+
 use std::time::Instant;
 
 use shopdesk::recommend::als::{self, AlsConfig, Csr};
@@ -19,17 +21,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let num = |name: &str, default: usize| -> usize {
-        arg(name).and_then(|s| s.parse().ok()).unwrap_or(default)
-    };
-    // `cargo test --benches` runs this without `--bench`: a small smoke run then.
-    let smoke = !args.iter().any(|a| a == "--bench");
+    let cli = common::BenchArgs::parse();
+    let arg = |name: &str| cli.get(name);
+    let num = |name: &str, default: usize| cli.num(name, default);
+    let smoke = cli.smoke;
     let users = num("--users", if smoke { 2_000 } else { 100_000 });
     let items = num("--items", if smoke { 500 } else { 20_000 });
     let nnz = num("--nnz", if smoke { 20_000 } else { 2_000_000 });

@@ -77,6 +77,22 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// One search for a prepared query, and its wall time in microseconds.
+pub fn timed_search(
+    index: &FaqIndex,
+    q: &EvalQuery,
+    opts: &SearchOptions,
+) -> Result<(Vec<super::Hit>, f64)> {
+    let t = Instant::now();
+    let hits = index.search(
+        &q.text,
+        Some(&q.embedding),
+        q.predicted_intent.as_deref(),
+        opts,
+    )?;
+    Ok((hits, t.elapsed().as_secs_f64() * 1e6))
+}
+
 pub fn run(
     index: &FaqIndex,
     queries: &[EvalQuery],
@@ -93,14 +109,8 @@ pub fn run(
         ..opts.clone()
     };
     for q in queries {
-        let t = Instant::now();
-        let hits = index.search(
-            &q.text,
-            Some(&q.embedding),
-            q.predicted_intent.as_deref(),
-            &opts,
-        )?;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        let (hits, us) = timed_search(index, q, &opts)?;
+        lat.push(us);
         if hits.is_empty() {
             empty += 1;
         }
