@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub index_dir: Option<PathBuf>,
     pub prompts_dir: Option<PathBuf>,
     pub locale: Option<String>,
+    /// `[server]`: see `shopdesk serve --help`.
+    pub server: Option<toml::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]

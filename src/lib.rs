@@ -7,5 +7,6 @@ pub mod dialogue;
 pub mod faq;
 pub mod nlu;
 pub mod recommend;
+pub mod server;
 pub mod store;
 pub mod table;

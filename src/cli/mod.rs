@@ -4,6 +4,7 @@ mod classify;
 mod faq;
 mod models;
 mod recommend;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -157,6 +158,10 @@ enum Command {
     /// Product recommendations: train the ALS model, evaluate it, query it.
     #[command(subcommand)]
     Recommend(recommend::RecommendCommand),
+    /// Run the chat service: shopper websocket, agent API, classification, recommendations.
+    Serve(serve::ServeArgs),
+    /// Make a bearer token for an agent and the config line holding its hash.
+    AgentToken(serve::AgentTokenArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -195,6 +200,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ask(a) => faq::run_ask(a, &settings),
         Command::Slots(c) => faq::run_slots(c, &settings),
         Command::Recommend(c) => recommend::run(c, &settings),
+        Command::Serve(a) => {
+            let file = FileConfig::load(cli.global.config.as_deref())?;
+            serve::run(a, &settings, &file)
+        }
+        Command::AgentToken(a) => serve::agent_token(a),
     }
 }
 

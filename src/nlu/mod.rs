@@ -51,6 +51,9 @@ pub struct Prediction {
 pub struct Classification {
     pub intent: Option<Prediction>,
     pub sentiment: Option<Prediction>,
+    /// The base encoder's sentence embedding, when asked for (`classify_embed`).
+    #[serde(skip)]
+    pub embedding: Option<Vec<f32>>,
     /// Time the request waited in the worker's queue.
     pub queue_ms: f64,
     /// Time of the batch it ran in.
@@ -176,10 +179,15 @@ impl Nlu {
         })
     }
 
-    fn classify_cmd(&self, texts: Vec<String>) -> Result<Pending<Vec<Classification>>> {
+    fn classify_cmd(
+        &self,
+        texts: Vec<String>,
+        embed: bool,
+    ) -> Result<Pending<Vec<Classification>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Classify {
             texts,
+            embed,
             span: tracing::Span::current(),
             enqueued: Instant::now(),
             reply,
@@ -199,7 +207,15 @@ impl Nlu {
 
     /// Intent and sentiment of each text.
     pub async fn classify(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        self.classify_cmd(texts)?
+        self.classify_cmd(texts, false)?
+            .await
+            .map_err(|_| NluError::WorkerGone)?
+    }
+
+    /// `classify` plus each text's base-encoder embedding, from the same forward pass when the
+    /// heads read the base encoder.
+    pub async fn classify_embed(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        self.classify_cmd(texts, true)?
             .await
             .map_err(|_| NluError::WorkerGone)?
     }
@@ -220,7 +236,7 @@ impl Nlu {
 
     /// `classify` for callers outside an async runtime (the CLI).
     pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        self.classify_cmd(texts)?
+        self.classify_cmd(texts, false)?
             .blocking_recv()
             .map_err(|_| NluError::WorkerGone)?
     }

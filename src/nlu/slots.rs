@@ -138,6 +138,32 @@ impl SlotExtractor {
         }
     }
 
+    /// `text` with the values of `kinds` replaced by `[kind]`: what logs (all personal data) and
+    /// stored transcripts (card numbers) may keep.
+    pub fn redact(&self, text: &str, kinds: &[SlotKind]) -> String {
+        let mut spans: Vec<(usize, usize, SlotKind)> = self
+            .extract(text)
+            .into_iter()
+            .filter(|s| kinds.contains(&s.kind))
+            .map(|s| (s.start, s.end, s.kind))
+            .collect();
+        spans.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end, kind) in spans {
+            if start < at {
+                continue;
+            }
+            out.push_str(&text[at..start]);
+            out.push('[');
+            out.push_str(kind.name());
+            out.push(']');
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
     pub fn extract(&self, text: &str) -> Vec<Slot> {
         let mut taken: Vec<(usize, usize)> = Vec::new();
         let mut out = Vec::new();
@@ -252,9 +278,25 @@ fn slot(kind: SlotKind, value: String, start: usize, end: usize) -> Slot {
     }
 }
 
+/// Personal data kept out of logs.
+pub const PERSONAL: &[SlotKind] = &[SlotKind::Email, SlotKind::CardNumber, SlotKind::Phone];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_personal_data() {
+        let x = SlotExtractor::default();
+        let t = "card 4111 1111 1111 1111, mail jo.doe@example.com, call +1 415-555-0132 re order 4451-23";
+        let r = x.redact(t, PERSONAL);
+        assert_eq!(
+            r,
+            "card [card_number], mail [email], call [phone] re order 4451-23"
+        );
+        assert_eq!(x.redact(t, &[SlotKind::CardNumber]).matches('@').count(), 1);
+        assert_eq!(x.redact("nothing here", PERSONAL), "nothing here");
+    }
 
     fn kinds(x: &SlotExtractor, t: &str) -> Vec<(SlotKind, String)> {
         x.extract(t)

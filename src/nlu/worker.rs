@@ -28,6 +28,9 @@ use super::{Classification, Prediction};
 pub enum Command {
     Classify {
         texts: Vec<String>,
+        /// Also return the base encoder's sentence embeddings (free when the heads read the
+        /// base encoder: the chat server needs both for every message).
+        embed: bool,
         span: tracing::Span,
         enqueued: Instant,
         reply: oneshot::Sender<Result<Vec<Classification>>>,
@@ -54,8 +57,10 @@ pub struct HeadSlot {
 }
 
 /// Counters the server exports as metrics.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct WorkerStats {
+    /// Texts per forward pass (a Prometheus histogram the server registers).
+    pub batch_sizes: prometheus::Histogram,
     pub batches: AtomicU64,
     pub texts: AtomicU64,
     pub tokens: AtomicU64,
@@ -68,6 +73,24 @@ pub struct Worker {
     pub sentiment: Option<HeadSlot>,
     pub max_batch_tokens: usize,
     pub stats: Arc<WorkerStats>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "shopdesk_nlu_batch_size",
+            "Texts per NLU forward pass (requests that arrived together are batched)",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
+        WorkerStats {
+            batch_sizes: prometheus::Histogram::with_opts(opts)
+                .unwrap_or_else(|e| unreachable!("static histogram options: {e}")),
+            batches: AtomicU64::new(0),
+            texts: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Worker {
@@ -106,6 +129,7 @@ impl Worker {
             .flat_map(|c| c.texts().iter().map(String::as_str))
             .collect();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.batch_sizes.observe(all.len() as f64);
         self.stats
             .texts
             .fetch_add(all.len() as u64, Ordering::Relaxed);
@@ -142,11 +166,21 @@ impl Worker {
                     span,
                     reply,
                     enqueued,
+                    embed,
                     ..
                 } => {
                     let _e = span.enter();
                     let queue_ms = started.duration_since(enqueued).as_secs_f64() * 1e3;
-                    let r = self.classify(&embeddings, range, queue_ms, compute_ms);
+                    let r = self
+                        .classify(&embeddings, range.clone(), queue_ms, compute_ms)
+                        .map(|mut v| {
+                            if let (true, Some(Ok(e))) = (embed, &embeddings[0]) {
+                                for (c, e) in v.iter_mut().zip(&e[range]) {
+                                    c.embedding = Some(e.clone());
+                                }
+                            }
+                            v
+                        });
                     tracing::debug!(texts = n, queue_ms, compute_ms, "classified");
                     let _ = reply.send(r);
                 }
@@ -159,7 +193,8 @@ impl Worker {
         for c in batch {
             match c {
                 Command::Embed { .. } => needed[0] = true,
-                Command::Classify { .. } => {
+                Command::Classify { embed, .. } => {
+                    needed[0] |= *embed;
                     for slot in [&self.intent, &self.sentiment].into_iter().flatten() {
                         needed[slot.encoder] = true;
                     }
@@ -192,6 +227,7 @@ impl Worker {
             .map(|i| Classification {
                 intent: intents.as_ref().map(|v| v[i].clone()),
                 sentiment: sentiments.as_ref().map(|v| v[i].clone()),
+                embedding: None,
                 queue_ms,
                 compute_ms,
             })

@@ -306,12 +306,16 @@ impl Model {
             })?
             .as_bytes(),
         )?;
-        let catalog = Catalog {
-            products: self.products.iter().flatten().cloned().collect(),
-        };
-        write(CATALOG, to_json(&catalog)?.as_bytes())?;
+        write(CATALOG, to_json(&self.catalog())?.as_bytes())?;
         // The manifest last: a model directory with a manifest is complete.
         write(MANIFEST, to_json(&self.manifest)?.as_bytes())
+    }
+
+    /// The catalog products the model knows, in item order.
+    pub fn catalog(&self) -> Catalog {
+        Catalog {
+            products: self.products.iter().flatten().cloned().collect(),
+        }
     }
 
     pub fn load(dir: &Path) -> Result<Model> {

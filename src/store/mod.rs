@@ -36,7 +36,10 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Migrations, in order; each runs once, in a transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_secrets.sql")),
+];
 
 /// Unix milliseconds, strictly increasing within the process: rows written in one millisecond
 /// still sort in the order they were written (feedback, escalations), portably, without
@@ -132,6 +135,23 @@ pub struct Relabel {
     pub agent: Option<String>,
 }
 
+/// What one turn writes (see [`Store::write_turn`]).
+pub struct TurnWrite<'a> {
+    pub shopper: Option<&'a NewMessage>,
+    pub reply: Option<&'a NewMessage>,
+    pub status: &'a str,
+    pub state: &'a str,
+    /// A new escalation: reason and the sentiment score that caused it.
+    pub escalation: Option<(&'a str, Option<f32>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnIds {
+    pub shopper: Option<String>,
+    pub reply: Option<String>,
+    pub escalation: Option<Escalation>,
+}
+
 /// Where to store, and how hard to sync.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -200,6 +220,38 @@ fn escalation(r: &sqlx::sqlite::SqliteRow) -> Result<Escalation> {
         claimed_at: r.try_get("claimed_at")?,
         resolved_at: r.try_get("resolved_at")?,
     })
+}
+
+async fn insert_escalation(
+    conn: &mut sqlx::SqliteConnection,
+    conversation_id: &str,
+    reason: &str,
+    sentiment_score: Option<f32>,
+) -> Result<Escalation> {
+    let e = Escalation {
+        id: new_id(),
+        conversation_id: conversation_id.into(),
+        reason: reason.into(),
+        status: "open".into(),
+        agent: None,
+        sentiment_score,
+        created_at: now_ms(),
+        claimed_at: None,
+        resolved_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO escalations (id, conversation_id, reason, status, sentiment_score, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&e.id)
+    .bind(&e.conversation_id)
+    .bind(&e.reason)
+    .bind(&e.status)
+    .bind(e.sentiment_score)
+    .bind(e.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(e)
 }
 
 async fn insert_message(
@@ -382,13 +434,32 @@ impl Store {
         status: &str,
         state: &str,
     ) -> Result<(String, Option<String>)> {
+        let ids = self
+            .write_turn(
+                conversation_id,
+                &TurnWrite {
+                    shopper: Some(shopper),
+                    reply,
+                    status,
+                    state,
+                    escalation: None,
+                },
+            )
+            .await?;
+        Ok((ids.shopper.unwrap_or_default(), ids.reply))
+    }
+
+    /// Everything one turn changes, in one transaction: the shopper's message, the reply (which
+    /// answers the shopper's message when both are given), the dialogue state and a new
+    /// escalation. Either all of it is stored or none.
+    pub async fn write_turn(&self, conversation_id: &str, w: &TurnWrite<'_>) -> Result<TurnIds> {
         let mut tx = self.pool.begin().await?;
         let at = now_ms();
         let updated = sqlx::query(
             "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
         )
-        .bind(status)
-        .bind(state)
+        .bind(w.status)
+        .bind(w.state)
         .bind(at)
         .bind(conversation_id)
         .execute(&mut *tx)
@@ -396,19 +467,32 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NoConversation(conversation_id.into()));
         }
-        let sid = insert_message(&mut tx, conversation_id, shopper, at).await?;
-        let rid = match reply {
+        let sid = match w.shopper {
+            Some(m) => Some(insert_message(&mut tx, conversation_id, m, at).await?),
+            None => None,
+        };
+        let rid = match w.reply {
             Some(r) => {
                 let r = NewMessage {
-                    reply_to: Some(sid.clone()),
+                    reply_to: sid.clone().or_else(|| r.reply_to.clone()),
                     ..r.clone()
                 };
                 Some(insert_message(&mut tx, conversation_id, &r, at).await?)
             }
             None => None,
         };
+        let esc = match w.escalation {
+            Some((reason, score)) => {
+                Some(insert_escalation(&mut tx, conversation_id, reason, score).await?)
+            }
+            None => None,
+        };
         tx.commit().await?;
-        Ok((sid, rid))
+        Ok(TurnIds {
+            shopper: sid,
+            reply: rid,
+            escalation: esc,
+        })
     }
 
     /// Stores one message on its own (an agent's reply, a system note).
@@ -469,30 +553,39 @@ impl Store {
         reason: &str,
         sentiment_score: Option<f32>,
     ) -> Result<Escalation> {
-        let e = Escalation {
-            id: new_id(),
-            conversation_id: conversation_id.into(),
-            reason: reason.into(),
-            status: "open".into(),
-            agent: None,
-            sentiment_score,
-            created_at: now_ms(),
-            claimed_at: None,
-            resolved_at: None,
-        };
-        sqlx::query(
-            "INSERT INTO escalations (id, conversation_id, reason, status, sentiment_score, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let mut conn = self.pool.acquire().await?;
+        insert_escalation(&mut conn, conversation_id, reason, sentiment_score).await
+    }
+
+    /// The conversation's escalation that is not resolved yet, if any.
+    pub async fn open_escalation(&self, conversation_id: &str) -> Result<Option<Escalation>> {
+        self.by_id(
+            "SELECT * FROM escalations WHERE conversation_id = $1 AND status IN ('open', 'claimed') \
+             ORDER BY created_at DESC, id LIMIT 1",
+            conversation_id,
+            escalation,
         )
-        .bind(&e.id)
-        .bind(&e.conversation_id)
-        .bind(&e.reason)
-        .bind(&e.status)
-        .bind(e.sentiment_score)
-        .bind(e.created_at)
+        .await
+    }
+
+    /// A named server secret (the session-signing key), created with `make` on first use. The
+    /// first writer wins, so servers sharing a database agree on it.
+    pub async fn secret(&self, name: &str, make: impl FnOnce() -> String) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(make())
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(e)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn escalation(&self, id: &str) -> Result<Option<Escalation>> {

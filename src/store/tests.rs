@@ -200,3 +200,75 @@ async fn urls_memory_and_migrations() {
         .expect("pragma");
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn a_turn_with_an_escalation_is_one_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", "bot", "{}")
+        .await
+        .expect("create");
+    assert!(s.open_escalation(&c.id).await.expect("query").is_none());
+    let ids = s
+        .write_turn(
+            &c.id,
+            &TurnWrite {
+                shopper: Some(&shopper("I am furious")),
+                reply: Some(&bot("A person will join.")),
+                status: "waiting",
+                state: "{\"s\":1}",
+                escalation: Some(("complaint", Some(0.97))),
+            },
+        )
+        .await
+        .expect("turn");
+    let e = ids.escalation.expect("escalation");
+    assert_eq!(
+        (e.reason.as_str(), e.status.as_str()),
+        ("complaint", "open")
+    );
+    assert_eq!(
+        s.open_escalation(&c.id).await.expect("q").map(|x| x.id),
+        Some(e.id.clone())
+    );
+    let reply = s
+        .message(&ids.reply.expect("reply"))
+        .await
+        .expect("q")
+        .expect("stored");
+    assert_eq!(reply.reply_to, ids.shopper);
+    // A failing turn (unknown conversation) stores nothing, escalation included.
+    let before = s.escalations(None, 100).await.expect("list").len();
+    assert!(s
+        .write_turn(
+            "missing",
+            &TurnWrite {
+                shopper: Some(&shopper("x")),
+                reply: None,
+                status: "waiting",
+                state: "{}",
+                escalation: Some(("complaint", None)),
+            },
+        )
+        .await
+        .is_err());
+    assert_eq!(s.escalations(None, 100).await.expect("list").len(), before);
+    s.resolve(&e.id, "alex").await.expect("resolve");
+    assert!(s.open_escalation(&c.id).await.expect("q").is_none());
+}
+
+#[tokio::test]
+async fn secrets_are_made_once_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let a = s.secret("k", || "first".into()).await.expect("secret");
+    let b = s.secret("k", || "second".into()).await.expect("secret");
+    assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
+    drop(s);
+    let s = open(&dir).await;
+    assert_eq!(
+        s.secret("k", || "third".into()).await.expect("secret"),
+        "first"
+    );
+}

@@ -5,3 +5,4 @@ mod common;
 mod faq;
 mod nlu;
 mod recommend;
+mod server;

@@ -1,0 +1,233 @@
+//! `shopdesk serve` and `shopdesk agent-token`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use shopdesk::config::FileConfig;
+use shopdesk::nlu::NluConfig;
+use shopdesk::server::auth::{hash_token, new_token};
+use shopdesk::server::{self, AgentEntry, EngineConfig, Limits, ServerConfig};
+
+use super::Settings;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SHOPDESK_HOST")]
+    host: Option<String>,
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long, env = "SHOPDESK_PORT")]
+    port: Option<u16>,
+    /// Where conversations are stored: sqlite://PATH.
+    #[arg(long, env = "SHOPDESK_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The recommendation model (`recommend train` writes it).
+    #[arg(long, env = "SHOPDESK_RECOMMEND_DIR")]
+    recommend_dir: Option<PathBuf>,
+    /// An agent allowed on /v1/agent, as NAME:SHA256-OF-TOKEN (repeatable; `agent-token` makes one).
+    #[arg(
+        long = "agent",
+        value_name = "NAME:SHA256",
+        env = "SHOPDESK_AGENTS",
+        value_delimiter = ','
+    )]
+    agents: Vec<String>,
+    /// An origin whose pages may open the shopper socket (repeatable; `*` for any).
+    #[arg(
+        long = "allow-origin",
+        value_name = "ORIGIN",
+        env = "SHOPDESK_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Key that signs session tokens (default: generated once, kept in the database).
+    #[arg(long, env = "SHOPDESK_SESSION_SECRET", hide_env_values = true)]
+    session_secret: Option<String>,
+    /// Days a session token stays valid.
+    #[arg(long, default_value_t = 30)]
+    session_days: u64,
+    /// Turn off per-session and per-IP rate limits (load tests from one address).
+    #[arg(long)]
+    no_rate_limits: bool,
+    /// SQLite synchronous=NORMAL instead of FULL: acknowledged turns survive a killed process
+    /// but not a power cut; faster commits.
+    #[arg(long)]
+    sync_normal: bool,
+}
+
+/// `[server]` of the config file.
+#[derive(Debug, Default, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub database_url: Option<String>,
+    pub recommend_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub agents: Vec<AgentEntry>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub session_secret: Option<String>,
+    pub max_message_chars: Option<usize>,
+    pub session_messages_per_minute: Option<u32>,
+    pub ip_messages_per_minute: Option<u32>,
+    pub ip_connections_per_minute: Option<u32>,
+    pub idle_timeout_secs: Option<u64>,
+}
+
+fn parse_agent(s: &str) -> Result<AgentEntry> {
+    let (name, hash) = s
+        .split_once(':')
+        .with_context(|| format!("--agent {s}: expected NAME:SHA256"))?;
+    Ok(AgentEntry {
+        name: name.trim().to_string(),
+        token_sha256: hash.trim().to_string(),
+    })
+}
+
+pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerConfig> {
+    let f: ServerFile = match &file.server {
+        Some(v) => v
+            .clone()
+            .try_into()
+            .context("config file: invalid [server] table")?,
+        None => ServerFile::default(),
+    };
+    let host = a
+        .host
+        .clone()
+        .or(f.host)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.or(f.port).unwrap_or(8080);
+    let addr: SocketAddr = (host.as_str(), port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve host {host}"))?
+        .next()
+        .with_context(|| format!("host {host} has no address"))?;
+    let mut agents = f.agents;
+    for x in &a.agents {
+        agents.push(parse_agent(x)?);
+    }
+    let mut limits = Limits::default();
+    if let Some(v) = f.max_message_chars {
+        limits.max_message_chars = v;
+    }
+    if let Some(v) = f.session_messages_per_minute {
+        limits.session_per_minute = v;
+    }
+    if let Some(v) = f.ip_messages_per_minute {
+        limits.ip_messages_per_minute = v;
+    }
+    if let Some(v) = f.ip_connections_per_minute {
+        limits.ip_connections_per_minute = v;
+    }
+    if let Some(v) = f.idle_timeout_secs {
+        limits.idle_timeout = Duration::from_secs(v.max(1));
+    }
+    if a.no_rate_limits {
+        limits.session_per_minute = 0;
+        limits.ip_messages_per_minute = 0;
+        limits.ip_connections_per_minute = 0;
+    }
+    let mut nlu = NluConfig::new(s.encoder.clone(), &s.models_root);
+    nlu.device = s.device;
+    let mut allowed_origins = f.allowed_origins;
+    allowed_origins.extend(a.allowed_origins.iter().cloned());
+    Ok(ServerConfig {
+        addr,
+        database_url: a
+            .database_url
+            .clone()
+            .or(f.database_url)
+            .unwrap_or_else(|| "sqlite://shopdesk.db".into()),
+        synchronous_full: !a.sync_normal,
+        engine: EngineConfig {
+            nlu,
+            index_dir: s.index_dir.clone(),
+            prompts_dir: s.prompts_dir.clone(),
+            locale: s.locale.clone(),
+            recommend_dir: a
+                .recommend_dir
+                .clone()
+                .or(f.recommend_dir)
+                .unwrap_or_else(|| s.models_root.join("recommend")),
+        },
+        session_secret: a.session_secret.clone().or(f.session_secret),
+        session_ttl: Duration::from_secs(a.session_days.max(1) * 86_400),
+        agents,
+        allowed_origins,
+        limits,
+    })
+}
+
+pub fn run(a: ServeArgs, s: &Settings, file: &FileConfig) -> Result<()> {
+    let cfg = config(&a, s, file)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shopdesk-io")
+        .build()?;
+    rt.block_on(async move {
+        let running = server::start(cfg, shutdown_signal())
+            .await
+            .context("cannot start the server")?;
+        // One line on stdout that scripts (tests, the load generator) wait for.
+        println!("shopdesk listening on http://{}", running.addr);
+        eprintln!(
+            "chat: ws://{0}/v1/chat · ready: http://{0}/readyz · metrics: http://{0}/metrics",
+            running.addr
+        );
+        running.handle.await??;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing open requests");
+}
+
+#[derive(Args)]
+pub struct AgentTokenArgs {
+    /// The agent's name, shown to shoppers ("Alex joined the chat").
+    #[arg(long)]
+    name: String,
+}
+
+/// Prints a new bearer token and the line that configures its hash.
+pub fn agent_token(a: AgentTokenArgs) -> Result<()> {
+    let name = a.name.trim();
+    if name.is_empty() || name.contains(':') || name.contains(',') {
+        bail!("--name must be non-empty without ':' or ','");
+    }
+    let token = new_token();
+    println!("token (give it to {name}; it is not stored anywhere): {token}");
+    println!();
+    println!("shopdesk.toml:");
+    println!("[[server.agents]]");
+    println!("name = \"{name}\"");
+    println!("token_sha256 = \"{}\"", hash_token(&token));
+    println!();
+    println!("or: shopdesk serve --agent {name}:{}", hash_token(&token));
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Stateless endpoints: classification, review sentiment, recommendations, health, metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::engine::product_out;
+use super::error::ApiError;
+use super::protocol::ProductOut;
+use super::App;
+use crate::nlu::{Classification, NluError};
+use crate::recommend::{Basis, Filters};
+
+/// A JSON body whose rejections use our error format.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::TooLong(
+                "request body too large or unreadable".into(),
+            )),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Texts {
+    texts: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct IntentOut {
+    name: String,
+    confidence: f32,
+    out_of_scope: bool,
+}
+
+#[derive(Serialize)]
+struct SentimentOut {
+    label: String,
+    score: f32,
+    probs: BTreeMap<String, f32>,
+}
+
+#[derive(Serialize)]
+struct ClassifyResult {
+    intent: Option<IntentOut>,
+    sentiment: Option<SentimentOut>,
+}
+
+fn sentiment_of(c: &Classification) -> Option<SentimentOut> {
+    c.sentiment.as_ref().map(|p| SentimentOut {
+        label: p.label.clone(),
+        score: p.confidence,
+        probs: p.probs.iter().cloned().collect(),
+    })
+}
+
+async fn run_classify(app: &App, texts: Vec<String>) -> Result<Vec<Classification>, ApiError> {
+    let limits = &app.config.limits;
+    if texts.is_empty() {
+        return Err(ApiError::BadRequest("\"texts\" is empty".into()));
+    }
+    if texts.len() > limits.max_batch_texts {
+        return Err(ApiError::TooLong(format!(
+            "{} texts; at most {} per call (use `shopdesk score` for files)",
+            texts.len(),
+            limits.max_batch_texts
+        )));
+    }
+    // Reviews may be long; the encoder reads the first 256 tokens of each.
+    let max_chars = limits.max_message_chars.max(20_000);
+    if let Some(i) = texts.iter().position(|t| t.chars().count() > max_chars) {
+        return Err(ApiError::TooLong(format!(
+            "texts[{i}] is longer than {max_chars} characters"
+        )));
+    }
+    let engine = app.engine()?;
+    engine.nlu.classify(texts).await.map_err(|e| match e {
+        NluError::Overloaded => ApiError::RateLimited,
+        e => ApiError::Internal(e.to_string()),
+    })
+}
+
+/// `POST /v1/classify {"texts": [...]}`: intent and sentiment of each text, batched.
+pub async fn classify(
+    State(app): State<Arc<App>>,
+    Body(req): Body<Texts>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let out: Vec<ClassifyResult> = run_classify(&app, req.texts)
+        .await?
+        .iter()
+        .map(|c| ClassifyResult {
+            intent: c.intent.as_ref().map(|p| IntentOut {
+                name: if p.out_of_scope {
+                    "out_of_scope".into()
+                } else {
+                    p.label.clone()
+                },
+                confidence: p.confidence,
+                out_of_scope: p.out_of_scope,
+            }),
+            sentiment: sentiment_of(c),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": out })))
+}
+
+/// `POST /v1/sentiment {"texts": [...]}`: review sentiment with every label's probability.
+pub async fn sentiment(
+    State(app): State<Arc<App>>,
+    Body(req): Body<Texts>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cls = run_classify(&app, req.texts).await?;
+    let out: Vec<Option<SentimentOut>> = cls.iter().map(sentiment_of).collect();
+    if out.iter().any(Option::is_none) {
+        return Err(ApiError::Unavailable("no sentiment model is loaded".into()));
+    }
+    Ok(Json(serde_json::json!({ "results": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecQuery {
+    k: Option<usize>,
+    /// Default true: out-of-stock products are not recommended.
+    in_stock: Option<bool>,
+    category: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct RecOut {
+    basis: Basis,
+    items: Vec<ProductOut>,
+}
+
+fn rec_params(q: &RecQuery) -> Result<(usize, Filters), ApiError> {
+    let k = q.k.unwrap_or(10);
+    if k == 0 || k > 100 {
+        return Err(ApiError::BadRequest("k must be between 1 and 100".into()));
+    }
+    Ok((
+        k,
+        Filters {
+            in_stock: q.in_stock.unwrap_or(true),
+            category: q.category.clone(),
+            exclude: Vec::new(),
+        },
+    ))
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn model(app: &App) -> Result<Arc<crate::recommend::Model>, ApiError> {
+    app.engine()?
+        .recommender
+        .as_ref()
+        .map(|r| r.model())
+        .ok_or_else(|| ApiError::Unavailable("no recommendation model is loaded".into()))
+}
+
+/// `GET /v1/recommendations/{customer_id}?k=&in_stock=&category=`. Unknown shoppers get
+/// popular products (`basis: popular`).
+pub async fn recommendations(
+    State(app): State<Arc<App>>,
+    Path(customer_id): Path<String>,
+    q: Result<Query<RecQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RecOut>, ApiError> {
+    let (k, filters) = rec_params(&query(q)?)?;
+    let model = model(&app)?;
+    let r = tokio::task::spawn_blocking(move || {
+        model.recommend(Some(&customer_id), &[], k, true, &filters)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(RecOut {
+        basis: r.basis,
+        items: r.items.iter().map(product_out).collect(),
+    }))
+}
+
+/// `GET /v1/products/{id}/similar?k=`.
+pub async fn similar(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Result<Query<RecQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (k, filters) = rec_params(&query(q)?)?;
+    let model = model(&app)?;
+    let pid = id.clone();
+    let r = tokio::task::spawn_blocking(move || model.similar_items(&pid, k, &filters))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|_| ApiError::NotFound(format!("product {id} is not known")))?;
+    let items: Vec<ProductOut> = r.iter().map(product_out).collect();
+    Ok(Json(serde_json::json!({ "id": id, "items": items })))
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 once models, index and templates are loaded and the database answers; 503 before.
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let db = app.store.ping().await;
+    let engine = app.engine();
+    let body = serde_json::json!({
+        "ready": db.is_ok() && engine.is_ok(),
+        "database": db.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "models": match engine {
+            Ok(e) => serde_json::json!({
+                "nlu": e.nlu.info().encoder,
+                "device": e.nlu.info().device,
+                "faq_entries": e.faq.len(),
+                "recommender": e.recommender.is_some(),
+            }),
+            Err(err) => serde_json::Value::String(err.to_string()),
+        },
+    });
+    let status = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

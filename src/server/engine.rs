@@ -1,0 +1,304 @@
+//! One shopper turn, end to end except storage: NLU (on the NLU worker), then slots, FAQ search,
+//! the dialogue policy and recommendations — CPU work that runs on tokio's blocking pool, never
+//! on the async workers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::dialogue::{
+    Decision, Knowledge, KnownAnswer, Policy, ProductRequest, State, Understanding,
+};
+use crate::faq::{self, FaqIndex, Filled, Filler, SearchOptions};
+use crate::nlu::slots::{SlotExtractor, SlotKind};
+use crate::nlu::{Classification, Nlu, NluConfig};
+use crate::recommend::{Filters, Recommendation, Recommender};
+
+use super::error::ServerError;
+use super::protocol::{Label, ProductOut, SentimentOut};
+
+/// Where the engine's parts live.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub nlu: NluConfig,
+    pub index_dir: PathBuf,
+    pub prompts_dir: PathBuf,
+    pub locale: String,
+    /// `models/recommend`; a missing model disables recommendations with a warning.
+    pub recommend_dir: PathBuf,
+}
+
+/// The loaded models, index, templates and policy. Shared by every connection.
+pub struct Engine {
+    pub nlu: Nlu,
+    pub faq: FaqIndex,
+    pub filler: Filler,
+    pub policy: Policy,
+    pub slots: SlotExtractor,
+    pub recommender: Option<Recommender>,
+    pub search: SearchOptions,
+    /// An out-of-scope message whose nearest FAQ question is at least this similar (cosine)
+    /// takes that entry's intent: the shop's own FAQ knows its shoppers' phrasing ("Where is
+    /// my order?") better than a head trained on another corpus.
+    pub faq_intent_min_cosine: f32,
+    pub locale: String,
+}
+
+/// What one turn decided, ready to store and send.
+pub struct TurnResult {
+    /// The intent the turn was understood as (from the NLU, or from the FAQ for messages the
+    /// NLU found out of scope).
+    pub intent: Option<Label>,
+    pub decision: Decision,
+    pub understanding: Understanding,
+    pub products: Vec<ProductOut>,
+}
+
+impl Engine {
+    /// Loads everything (blocking: ~100 MB of files). Errors name what is missing and how to
+    /// make it.
+    pub fn load(cfg: &EngineConfig) -> Result<Engine, ServerError> {
+        let nlu = Nlu::start(cfg.nlu.clone()).map_err(|e| ServerError::Load {
+            what: "NLU models",
+            reason: format!("{e} (run `shopdesk models fetch`)"),
+        })?;
+        let faq = faq::open(&cfg.index_dir, Some(&nlu.info().encoder_sha256)).map_err(|e| {
+            ServerError::Load {
+                what: "FAQ index",
+                reason: format!(
+                    "{e} (build it with `shopdesk index build --faq index/demo-faq.csv`)"
+                ),
+            }
+        })?;
+        let filler =
+            Filler::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| ServerError::Load {
+                what: "reply templates",
+                reason: e.to_string(),
+            })?;
+        let policy =
+            Policy::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| ServerError::Load {
+                what: "dialogue policy",
+                reason: e.to_string(),
+            })?;
+        let unknown: Vec<String> = policy
+            .intents_named()
+            .into_iter()
+            .filter(|i| !nlu.info().intent_labels.contains(i))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ServerError::Load {
+                what: "dialogue policy",
+                reason: format!(
+                    "prompts/dialogue.toml names intents the intent head does not know: {}",
+                    unknown.join(", ")
+                ),
+            });
+        }
+        let recommender = if cfg.recommend_dir.join("manifest.json").exists() {
+            Some(
+                Recommender::load(&cfg.recommend_dir).map_err(|e| ServerError::Load {
+                    what: "recommendation model",
+                    reason: e.to_string(),
+                })?,
+            )
+        } else {
+            tracing::warn!(
+                dir = %cfg.recommend_dir.display(),
+                "no recommendation model: replies carry no products (train one with `shopdesk recommend train`)"
+            );
+            None
+        };
+        let slots = match &recommender {
+            Some(r) => SlotExtractor::new(&r.model().catalog().product_names()),
+            None => SlotExtractor::default(),
+        };
+        Ok(Engine {
+            nlu,
+            faq,
+            filler,
+            policy,
+            slots,
+            recommender,
+            search: SearchOptions::default(),
+            faq_intent_min_cosine: 0.6,
+            locale: cfg.locale.clone(),
+        })
+    }
+
+    /// The blocking part of a turn: slots, FAQ, policy, products. Updates `state`.
+    pub fn decide(
+        &self,
+        state: &mut State,
+        text: &str,
+        cls: &Classification,
+        customer_id: Option<&str>,
+    ) -> TurnResult {
+        let intent = cls.intent.as_ref().filter(|p| !p.out_of_scope);
+        let mut u = Understanding {
+            text: text.to_string(),
+            intent: intent.map(|p| p.label.clone()),
+            intent_confidence: cls.intent.as_ref().map_or(0.0, |p| p.confidence),
+            sentiment: cls.sentiment.as_ref().map(|p| p.label.clone()),
+            sentiment_score: cls.sentiment.as_ref().map_or(0.0, |p| p.confidence),
+            slots: self
+                .slots
+                .extract(text)
+                .into_iter()
+                .filter(|s| s.kind != SlotKind::CardNumber)
+                .collect(),
+        };
+        let mut label = intent_label(cls).map(|mut l| {
+            l.source = "nlu".into();
+            l
+        });
+        if u.intent.is_none() {
+            if let Some((name, cosine)) = self.faq_intent(text, cls.embedding.as_deref()) {
+                u.intent = Some(name.clone());
+                u.intent_confidence = cosine;
+                label = Some(Label {
+                    name,
+                    confidence: cosine,
+                    source: "faq".into(),
+                });
+            }
+        }
+        let k = TurnKnowledge {
+            engine: self,
+            embedding: cls.embedding.as_deref(),
+        };
+        let decision = self.policy.turn(state, &u, &k);
+        let products = self.products(&decision.products, customer_id);
+        TurnResult {
+            intent: label,
+            decision,
+            understanding: u,
+            products,
+        }
+    }
+
+    /// The intent of the FAQ entry nearest to an out-of-scope message, when it is close enough.
+    fn faq_intent(&self, text: &str, embedding: Option<&[f32]>) -> Option<(String, f32)> {
+        let opts = SearchOptions {
+            k: 1,
+            ..self.search.clone()
+        };
+        let hit = self
+            .faq
+            .search(text, embedding, None, &opts)
+            .ok()?
+            .into_iter()
+            .next()?;
+        let cosine = hit.scores.cosine?;
+        let intent = hit.intent?;
+        (cosine >= self.faq_intent_min_cosine && self.nlu.info().intent_labels.contains(&intent))
+            .then_some((intent, cosine))
+    }
+
+    /// The escalation message after a shopper marked replies unhelpful.
+    pub fn escalation_text(&self, state: &State) -> String {
+        let k = TurnKnowledge {
+            engine: self,
+            embedding: None,
+        };
+        self.policy.escalation_text(state, &k)
+    }
+
+    fn products(&self, req: &ProductRequest, customer_id: Option<&str>) -> Vec<ProductOut> {
+        let Some(rec) = &self.recommender else {
+            return Vec::new();
+        };
+        let model = rec.model();
+        let k = self.policy.config.products.count;
+        let filters = Filters {
+            in_stock: true,
+            ..Filters::default()
+        };
+        let items = match req {
+            ProductRequest::None => return Vec::new(),
+            ProductRequest::Popular => model.popular(k, &filters, &[]),
+            ProductRequest::ForShopper(mentioned) => {
+                let session: Vec<(&str, f32)> =
+                    mentioned.iter().map(|m| (m.as_str(), 1.0)).collect();
+                model
+                    .recommend(customer_id, &session, k, true, &filters)
+                    .items
+            }
+        };
+        items.iter().map(product_out).collect()
+    }
+}
+
+pub fn product_out(r: &Recommendation) -> ProductOut {
+    let p = r.product.as_ref();
+    ProductOut {
+        id: r.item.clone(),
+        title: p.map_or_else(|| r.item.clone(), |p| p.title.clone()),
+        price: p.and_then(|p| p.price),
+        currency: p.and_then(|p| p.currency.clone()),
+        url: p.and_then(|p| p.url.clone()),
+        image: p.and_then(|p| p.image.clone()),
+        score: r.score,
+    }
+}
+
+pub fn intent_label(cls: &Classification) -> Option<Label> {
+    cls.intent.as_ref().map(|p| Label {
+        name: if p.out_of_scope {
+            "out_of_scope".into()
+        } else {
+            p.label.clone()
+        },
+        confidence: p.confidence,
+        source: "nlu".into(),
+    })
+}
+
+pub fn sentiment_out(cls: &Classification) -> Option<SentimentOut> {
+    cls.sentiment.as_ref().map(|p| SentimentOut {
+        label: p.label.clone(),
+        score: p.confidence,
+    })
+}
+
+/// The FAQ and templates as the policy sees them during one turn.
+struct TurnKnowledge<'a> {
+    engine: &'a Engine,
+    embedding: Option<&'a [f32]>,
+}
+
+impl Knowledge for TurnKnowledge<'_> {
+    fn answer(&self, text: &str, intent: Option<&str>) -> Option<KnownAnswer> {
+        let t = Instant::now();
+        let opts = &self.engine.search;
+        let hits = match self.engine.faq.search(text, self.embedding, intent, opts) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("FAQ search failed: {e}");
+                return None;
+            }
+        };
+        tracing::debug!(
+            us = t.elapsed().as_micros() as u64,
+            hits = hits.len(),
+            "faq search"
+        );
+        hits.into_iter().next().map(|h| KnownAnswer {
+            trusted: h.scores.cosine.is_some_and(|c| c >= opts.min_cosine),
+            id: h.id,
+            template: h.answer,
+        })
+    }
+    fn intent_template(&self, intent: &str) -> Option<String> {
+        self.engine.filler.intent_template(intent).map(String::from)
+    }
+    fn ask_for(&self, slot: &str) -> Option<String> {
+        self.engine.filler.texts().ask.get(slot).cloned()
+    }
+    fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
+        self.engine.filler.fill(template, slots)
+    }
+}
+
+/// Shared handle.
+pub type SharedEngine = Arc<Engine>;

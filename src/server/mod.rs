@@ -1,0 +1,215 @@
+//! The chat service: shopper websocket, agent API, classification and recommendation endpoints,
+//! health and metrics. The server only wires the capabilities together: `nlu` understands,
+//! `faq` + `dialogue` answer, `recommend` suggests, `store` remembers.
+//!
+//! Startup binds the port first and loads models in the background: `/healthz` answers at once,
+//! `/readyz` turns 200 once the NLU, the FAQ index and the templates are loaded, and requests
+//! that need them get 503 (`error` frames on the socket) until then.
+
+mod agent;
+mod api;
+pub mod auth;
+mod chat;
+pub mod engine;
+pub mod error;
+pub mod limits;
+pub mod live;
+pub mod metrics;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AgentEntry, AgentTokens, SessionSigner};
+pub use engine::{Engine, EngineConfig};
+pub use error::{ApiError, ServerError};
+pub use limits::Limits;
+
+use crate::store::{Store, StoreOptions};
+
+/// Everything `shopdesk serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// `sqlite://PATH`.
+    pub database_url: String,
+    /// Sync every commit to disk (default): an acknowledged turn survives power loss, not only
+    /// a killed process.
+    pub synchronous_full: bool,
+    pub engine: EngineConfig,
+    /// Key for session tokens; by default one is generated once and kept in the database.
+    pub session_secret: Option<String>,
+    pub session_ttl: Duration,
+    pub agents: Vec<AgentEntry>,
+    /// Origins (`https://shop.example`) whose pages may open the shopper socket; `*` allows any.
+    /// Same-origin pages and clients that send no Origin (apps, servers) are always allowed.
+    pub allowed_origins: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Shared state of a running server.
+pub struct App {
+    pub config: ServerConfig,
+    pub store: Store,
+    engine: OnceLock<Arc<Engine>>,
+    load_error: Mutex<Option<String>>,
+    pub signer: SessionSigner,
+    pub agents: AgentTokens,
+    pub live: live::Live,
+    pub metrics: metrics::Metrics,
+    pub limiters: limits::Limiters,
+}
+
+impl App {
+    /// The loaded engine, or why there is none yet.
+    pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            let err = self
+                .load_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            ApiError::Unavailable(match err {
+                Some(e) => format!("the server could not load its models: {e}"),
+                None => "the server is still loading its models; try again shortly".into(),
+            })
+        })
+    }
+
+    pub fn set_engine(&self, e: Engine) {
+        let h = e.nlu.stats().batch_sizes.clone();
+        if let Err(err) = self.metrics.registry.register(Box::new(h)) {
+            tracing::warn!("cannot register NLU metrics: {err}");
+        }
+        let _ = self.engine.set(Arc::new(e));
+    }
+}
+
+/// A server that is listening.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Connects the database, binds the port and starts serving; models load in the background.
+/// `shutdown` resolves when the server should stop accepting connections.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServerError> {
+    let agents = AgentTokens::new(&config.agents).map_err(ServerError::Config)?;
+    if agents.is_empty() {
+        tracing::warn!(
+            "no agents configured: the agent API refuses every call (see `shopdesk agent-token`)"
+        );
+    }
+    let mut opts = StoreOptions::new(config.database_url.clone());
+    opts.synchronous_full = config.synchronous_full;
+    let store = Store::connect(&opts).await?;
+    let secret = match &config.session_secret {
+        Some(s) if s.len() >= 16 => s.clone(),
+        Some(_) => {
+            return Err(ServerError::Config(
+                "the session secret needs at least 16 characters".into(),
+            ))
+        }
+        None => store.secret("session_key", auth::new_token).await?,
+    };
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.addr.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(App {
+        signer: SessionSigner::new(secret.as_bytes(), config.session_ttl),
+        limiters: limits::Limiters::new(&config.limits),
+        config,
+        store,
+        engine: OnceLock::new(),
+        load_error: Mutex::new(None),
+        agents,
+        live: live::Live::default(),
+        metrics: metrics::Metrics::new(),
+    });
+    {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            match Engine::load(&app.config.engine) {
+                Ok(e) => {
+                    app.set_engine(e);
+                    tracing::info!(ms = t.elapsed().as_millis() as u64, "models loaded, ready");
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    *app.load_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            }
+        });
+    }
+    limits::spawn_housekeeping(app.clone());
+    let router = router(app.clone());
+    let handle = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    });
+    Ok(Running { addr, app, handle })
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat", get(chat::upgrade))
+        .route("/v1/classify", post(api::classify))
+        .route("/v1/sentiment", post(api::sentiment))
+        .route(
+            "/v1/recommendations/{customer_id}",
+            get(api::recommendations),
+        )
+        .route("/v1/products/{id}/similar", get(api::similar))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .nest("/v1/agent", agent::router())
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            app.config.limits.max_body_bytes,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The route, not the raw path: paths carry ids, never log them as text.
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("request", method = %req.method(), route)
+        }))
+        .with_state(app)
+}
+
+async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let res = next.run(req).await;
+    app.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), res.status().as_str()])
+        .inc();
+    res
+}
