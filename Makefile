@@ -1,15 +1,25 @@
 # The README's two commands: `make run` (the demo) and `make test` (everything CI runs).
 CARGO ?= cargo
 
-.PHONY: run test models lint bench-nlu
+.PHONY: run demo-data demo-cli test models lint bench-nlu bench-load
 
 models:
 	$(CARGO) run --release -q -- models fetch
 
-# Demo: index the demo shop's FAQ, answer a few shopper questions, classify a few messages.
-run: models
+# Demo: index the demo shop's FAQ, train its recommender, serve it (http://127.0.0.1:8080).
+# The agent token below is for this local demo only; make your own with `shopdesk agent-token`.
+DEMO_AGENT_TOKEN = shopdesk-demo-agent
+DEMO_AGENT_SHA256 = f91aca9d6296e93d9f1bd9833aec7060dd45dce61e27e0e4f1e388462a3073aa
+run: demo-data
+	@echo "demo agent token: $(DEMO_AGENT_TOKEN)  (Authorization: Bearer $(DEMO_AGENT_TOKEN))"
+	$(CARGO) run --release -q -- serve --agent demo:$(DEMO_AGENT_SHA256)
+
+demo-data: models
 	$(CARGO) run --release -q -- index build --faq index/demo-faq.csv
-	$(CARGO) run --release -q -- recommend train --interactions index/interactions.csv --catalog index/catalog.csv
+	$(CARGO) run --release -q -- recommend train --interactions index/interactions.csv --catalog index/catalog.csv --no-loss
+
+# The same demo shop from the command line: recommendations, answers, classification.
+demo-cli: demo-data
 	$(CARGO) run --release -q -- recommend for c0001 --in-stock
 	$(CARGO) run --release -q -- recommend for --session jp-026 --in-stock
 	$(CARGO) run --release -q -- ask "Hi, where is my order 4451-23? It has not arrived"
@@ -37,3 +47,7 @@ lint:
 # NLU speed beside the Python peers; writes docs/benchmarks.md figures to reports/.
 bench-nlu:
 	bash benches/run_nlu_bench.sh
+
+# Chat server under load (N concurrent websocket sessions); figures for docs/benchmarks.md.
+bench-load:
+	$(CARGO) bench --bench load -- --sessions 100,1000 --messages 10 --think-ms 100-700

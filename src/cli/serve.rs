@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Turn off per-session and per-IP rate limits (load tests from one address).
     #[arg(long)]
     no_rate_limits: bool,
+    /// Threads for sockets and HTTP (default: a quarter of the cores, at least 1). The NLU
+    /// worker uses `--threads` cores for the encoder; sharing cores with it costs latency.
+    #[arg(long, env = "SHOPDESK_IO_THREADS")]
+    io_threads: Option<usize>,
     /// SQLite synchronous=NORMAL instead of FULL: acknowledged turns survive a killed process
     /// but not a power cut; faster commits.
     #[arg(long)]
@@ -166,7 +170,9 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
 
 pub fn run(a: ServeArgs, s: &Settings, file: &FileConfig) -> Result<()> {
     let cfg = config(&a, s, file)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.io_threads.unwrap_or(cores / 4).max(1))
         .enable_all()
         .thread_name("shopdesk-io")
         .build()?;
@@ -230,4 +236,25 @@ pub fn agent_token(a: AgentTokenArgs) -> Result<()> {
     println!();
     println!("or: shopdesk serve --agent {name}:{}", hash_token(&token));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_agents_are_name_hash_pairs() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shopdesk.example.toml");
+        let f = FileConfig::load(Some(&path)).expect("example config");
+        let s: ServerFile = f
+            .server
+            .expect("[server]")
+            .try_into()
+            .expect("valid [server]");
+        assert_eq!(s.port, Some(8080));
+        assert_eq!(s.allowed_origins, vec!["https://shop.example".to_string()]);
+        let a = parse_agent("alex:abc").expect("pair");
+        assert_eq!((a.name.as_str(), a.token_sha256.as_str()), ("alex", "abc"));
+        assert!(parse_agent("no-colon").is_err());
+    }
 }

@@ -114,6 +114,10 @@ pub struct TrainArgs {
     /// accuracy in our measurements).
     #[arg(long)]
     balanced: bool,
+    /// Also learn from agents' corrections stored by `shopdesk serve` (sqlite://PATH): each
+    /// relabelled shopper message, latest label wins, joins the data like one more file.
+    #[arg(long, value_name = "DATABASE_URL")]
+    feedback: Option<String>,
     /// Output folder (default: <models-root>/heads/<task>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -128,6 +132,37 @@ pub struct TrainArgs {
     finetune_batch: usize,
 }
 
+/// Writes the store's relabels for `task` as a text,label CSV; returns how many rows.
+fn export_feedback(url: &str, task: &str, path: &std::path::Path) -> Result<usize> {
+    use shopdesk::store::{Store, StoreOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let relabels = rt.block_on(async {
+        let store = Store::connect(&StoreOptions::new(url)).await?;
+        store.relabels().await
+    })?;
+    // Latest correction per message (relabels come oldest first).
+    let mut latest: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for r in relabels {
+        let label = if task == "intent" {
+            r.intent
+        } else {
+            r.sentiment
+        };
+        if let Some(l) = label {
+            latest.insert(r.message_id, (r.text, l));
+        }
+    }
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(["text", "label"])?;
+    for (text, label) in latest.values() {
+        w.write_record([text, label])?;
+    }
+    w.flush()?;
+    Ok(latest.len())
+}
+
 pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
     let task = a.task.name();
     if !(0.0..1.0).contains(&a.holdout) || !(0.0..1.0).contains(&a.validation) {
@@ -138,9 +173,29 @@ pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
         Some(HeadArg::Mlp) => Arch::Mlp { hidden: a.hidden },
         None => nlu_train::default_arch(task),
     };
+    let mut data = sources(&a.data, &a.columns)?;
+    // Kept alive until training has read the exported file.
+    let _feedback_dir = match &a.feedback {
+        Some(url) => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("feedback.csv");
+            let n = export_feedback(url, task, &path)?;
+            if n == 0 {
+                eprintln!("warning: {url} has no {task} corrections yet");
+            } else {
+                eprintln!("feedback: {n} {task} corrections from {url}");
+                data.push(DataSource::parse(
+                    &path.display().to_string(),
+                    &DataSpec::new("text", "label"),
+                )?);
+            }
+            Some(dir)
+        }
+        None => None,
+    };
     let opts = TrainOptions {
         task: task.into(),
-        data: sources(&a.data, &a.columns)?,
+        data,
         oos: sources(&a.oos_data, &a.columns)?,
         oos_max_rows: a.oos_max_rows,
         strict: a.strict,

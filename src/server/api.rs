@@ -245,9 +245,32 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    let mut text = app.metrics.render();
+    if let Ok(e) = app.engine() {
+        // The NLU worker's own counters (atomics it bumps per batch).
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = e.nlu.stats();
+        for (name, help, v) in [
+            (
+                "shopdesk_nlu_busy_seconds_total",
+                "Time the NLU worker spent computing",
+                st.busy_micros.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "shopdesk_nlu_batches_total",
+                "NLU forward passes",
+                st.batches.load(Relaxed) as f64,
+            ),
+            (
+                "shopdesk_nlu_tokens_total",
+                "Tokens through the NLU encoder",
+                st.tokens.load(Relaxed) as f64,
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -161,6 +161,13 @@ pub async fn start(
     }
     limits::spawn_housekeeping(app.clone());
     let router = router(app.clone());
+    // Chat frames are small and come in pairs (typing, reply): without TCP_NODELAY, Nagle's
+    // algorithm holds the reply until the client's delayed ACK, 40 ms later.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let handle = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -190,14 +197,21 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             app.config.limits.max_body_bytes,
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            // The route, not the raw path: paths carry ids, never log them as text.
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", |p| p.as_str());
-            tracing::info_span!("request", method = %req.method(), route)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // The route, not the raw path: paths carry ids, never log them as text.
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    tracing::info_span!("request", method = %req.method(), route)
+                })
+                // 503 from /readyz while loading is expected; real failures are logged where they happen.
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
+        )
         .with_state(app)
 }
 

@@ -230,3 +230,86 @@ fn missing_and_corrupt_models_are_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn train_learns_from_agents_relabels() {
+    use shopdesk::store::{NewMessage, Store, StoreOptions};
+    let reviews = common::data_file("womens-clothing-reviews/womens_clothing_reviews.csv");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let url = format!("sqlite://{}", root.join("shop.db").display());
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let s = Store::connect(&StoreOptions::new(url.clone()))
+            .await
+            .expect("db");
+        let c = s
+            .create_conversation(None, "en", "bot", "{}")
+            .await
+            .expect("conv");
+        for (text, first, last) in [
+            ("the parcel came two weeks late", "positive", "negative"),
+            ("fine, thanks", "negative", "neutral"),
+        ] {
+            let m = NewMessage {
+                role: "shopper".into(),
+                text: text.into(),
+                ..NewMessage::default()
+            };
+            let id = s.add_message(&c.id, &m).await.expect("message");
+            s.relabel(&id, None, Some(first), "alex")
+                .await
+                .expect("relabel");
+            s.relabel(&id, None, Some(last), "sam")
+                .await
+                .expect("relabel");
+        }
+    });
+    let out = shopdesk(
+        root,
+        &[
+            "train",
+            "sentiment",
+            "--data",
+            &format!("womens-clothing:{}", reviews.display()),
+            "--max-rows",
+            "300",
+            "--epochs",
+            "5",
+            "--feedback",
+            &url,
+        ],
+    );
+    ok(&out);
+    let err = text(&out.stderr);
+    assert!(err.contains("feedback: 2 sentiment corrections"), "{err}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("heads/sentiment/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let files = manifest["training"]["data_files"].to_string();
+    assert!(files.contains("feedback.csv"), "{files}");
+    // An intent head finds no intent corrections: trained anyway, with a warning.
+    let bitext = common::data_file("bitext/bitext_customer_support.csv");
+    let out = shopdesk(
+        root,
+        &[
+            "train",
+            "intent",
+            "--data",
+            &format!("bitext:{}", bitext.display()),
+            "--max-rows",
+            "200",
+            "--epochs",
+            "3",
+            "--feedback",
+            &url,
+        ],
+    );
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("no intent corrections"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -780,4 +780,160 @@ async fn rate_limits_answer_rate_limited_then_close_abusers() {
     }
     let closed = s.closed().await;
     assert!(matches!(closed, None | Some(1008)), "{closed:?}");
+}
+
+/// `shopdesk serve` as a child process on a random port, ready.
+fn spawn_server(db: &Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let shop = demo_shop();
+    let mut child = Command::new(common::bin())
+        .current_dir(common::repo())
+        .args(["serve", "--port", "0", "--no-rate-limits", "--database-url"])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--index-dir")
+        .arg(&shop.index_dir)
+        .arg("--recommend-dir")
+        .arg(&shop.recommend_dir)
+        .env("SHOPDESK_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listen line");
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server output {line:?}"));
+    wait_ready(addr);
+    (child, addr)
+}
+
+/// What a shopper saw acknowledged: (conversation, session token, client id, text, reply id).
+type Acked = (String, String, String, String, String);
+
+#[test]
+fn every_acknowledged_message_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("durable.db");
+    let (mut child, addr) = spawn_server(&db);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let acked: Arc<std::sync::Mutex<Vec<Acked>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let acked = acked.clone();
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let Ok((mut ws, _)) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/v1/chat")).await
+                else {
+                    return;
+                };
+                let hello = json!({"type":"hello","session":null,"customer_id":null});
+                if ws.send(Message::text(hello.to_string())).await.is_err() {
+                    return;
+                }
+                let mut conv = String::new();
+                let mut token = String::new();
+                let mut i = 0;
+                while let Some(Ok(m)) = ws.next().await {
+                    let Message::Text(t) = m else { continue };
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    let ty = v["type"].as_str().unwrap_or("");
+                    if ty == "welcome" {
+                        conv = v["conversation_id"].as_str().unwrap_or("").to_string();
+                        token = v["session"].as_str().unwrap_or("").to_string();
+                    } else if ty == "reply" || ty == "ack" {
+                        let cid = format!("s{n}m{i}");
+                        assert_eq!(v["reply_to"], cid.as_str(), "{v}");
+                        let text = format!("Where is my order {n}{i:04}-77? (message {i})");
+                        let id = v["id"].as_str().unwrap_or("").to_string();
+                        acked.lock().expect("lock").push((
+                            conv.clone(),
+                            token.clone(),
+                            cid,
+                            text,
+                            id,
+                        ));
+                        i += 1;
+                    } else if ty == "typing" {
+                        continue;
+                    } else {
+                        panic!("unexpected frame {v}");
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let text = format!("Where is my order {n}{i:04}-77? (message {i})");
+                    let f = json!({"type":"message","id":format!("s{n}m{i}"),"text":text});
+                    if ws.send(Message::text(f.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the load run, then kill the server mid-flight: no shutdown, no flush.
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    });
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= 40,
+        "the load must have made progress before the kill: {} turns",
+        acked.len()
+    );
+
+    // Every reply a shopper received is in the database, with the message it answered.
+    rt.block_on(async {
+        let store = shopdesk::store::Store::connect(&shopdesk::store::StoreOptions::new(format!(
+            "sqlite://{}",
+            db.display()
+        )))
+        .await
+        .expect("reopen");
+        for (conv, _, cid, text, rid) in &acked {
+            let reply = store
+                .message(rid)
+                .await
+                .expect("query")
+                .unwrap_or_else(|| panic!("acknowledged reply {rid} lost"));
+            assert_eq!(&reply.conversation_id, conv);
+            let asked = store
+                .message(reply.reply_to.as_deref().expect("reply_to"))
+                .await
+                .expect("query")
+                .expect("shopper message stored");
+            assert_eq!(asked.client_id.as_deref(), Some(cid.as_str()));
+            assert_eq!(&asked.text, text);
+        }
+    });
+
+    // The restarted server resumes a conversation from before the crash.
+    let (mut child, addr) = spawn_server(&db);
+    let (conv, token, ..) = acked.last().expect("acked").clone();
+    let n_before = acked.iter().filter(|a| a.0 == conv).count();
+    rt.block_on(async {
+        let s = Shopper::connect(addr, Some(&token), None).await;
+        assert_eq!(s.conversation_id, conv, "the token outlives the restart");
+        let history = s.welcome["history"].as_array().expect("history").len();
+        assert!(history >= 2 * n_before, "{history} < {}", 2 * n_before);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
 }
