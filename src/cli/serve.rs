@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Turn off per-session and per-IP rate limits (load tests from one address).
     #[arg(long)]
     no_rate_limits: bool,
+    /// NLU workers: 1 computes each batch on every core; N > 1 computes N batches at once, one
+    /// core each (default: one per core, at most 4).
+    #[arg(long, env = "SHOPDESK_NLU_WORKERS")]
+    nlu_workers: Option<usize>,
     /// Threads for sockets and HTTP (default: a quarter of the cores, at least 1). The NLU
     /// worker uses `--threads` cores for the encoder; sharing cores with it costs latency.
     #[arg(long, env = "SHOPDESK_IO_THREADS")]
@@ -139,6 +143,8 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
     }
     let mut nlu = NluConfig::new(s.encoder.clone(), &s.models_root);
     nlu.device = s.device;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    nlu.workers = a.nlu_workers.unwrap_or(cores.min(4)).max(1);
     let mut allowed_origins = f.allowed_origins;
     allowed_origins.extend(a.allowed_origins.iter().cloned());
     Ok(ServerConfig {

@@ -19,7 +19,7 @@ pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -71,6 +71,9 @@ pub struct NluConfig {
     pub intent: bool,
     /// Load the sentiment head (an error if missing).
     pub sentiment: bool,
+    /// Worker threads. 1: each batch uses every core. N > 1: N batches at a time, one core
+    /// each (better throughput and tail latency for many small requests on a busy machine).
+    pub workers: usize,
     /// Most queued requests before callers get `Overloaded`.
     pub queue_capacity: usize,
     pub limits: BatchLimits,
@@ -84,6 +87,7 @@ impl NluConfig {
             models_root: models_root.into(),
             intent: true,
             sentiment: true,
+            workers: 1,
             queue_capacity: 1024,
             limits: BatchLimits::default(),
         }
@@ -153,10 +157,34 @@ impl Nlu {
             stats: stats.clone(),
         };
         let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
-        std::thread::Builder::new()
-            .name("nlu-worker".into())
-            .spawn(move || worker.run(rx))
-            .map_err(|e| NluError::Invalid(format!("cannot start the NLU worker: {e}")))?;
+        let rx = Arc::new(Mutex::new(rx));
+        let worker = Arc::new(worker);
+        let workers = cfg.workers.max(1);
+        for i in 0..workers {
+            let (worker, rx) = (worker.clone(), rx.clone());
+            // One worker computes each batch with every core (rayon's global pool). Several
+            // workers each get a one-thread pool of their own and take whole batches: no
+            // thread wake-ups inside a forward pass, which is what small batches pay most for
+            // when other work competes for the cores (a chat server under load).
+            let pool = if workers > 1 {
+                Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("nlu-worker-{i}"))
+                        .build()
+                        .map_err(|e| NluError::Invalid(format!("cannot start NLU worker: {e}")))?,
+                )
+            } else {
+                None
+            };
+            std::thread::Builder::new()
+                .name(format!("nlu-worker-{i}"))
+                .spawn(move || match pool {
+                    Some(p) => p.install(|| worker.run(&rx)),
+                    None => worker.run(&rx),
+                })
+                .map_err(|e| NluError::Invalid(format!("cannot start the NLU worker: {e}")))?;
+        }
         Ok(Nlu {
             tx,
             info: Arc::new(info),

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -95,24 +95,30 @@ impl Default for WorkerStats {
 
 impl Worker {
     /// Runs until every sender is gone.
-    pub fn run(self, rx: Receiver<Command>) {
+    pub fn run(&self, rx: &Mutex<Receiver<Command>>) {
         loop {
-            let first = match rx.recv() {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            let mut batch = vec![first];
-            let mut budget = estimate_tokens(batch[0].texts());
-            while budget < self.max_batch_tokens {
-                match rx.recv_timeout(Duration::ZERO) {
-                    Ok(c) => {
-                        budget += estimate_tokens(c.texts());
-                        batch.push(c);
+            // Workers take turns at the queue: whoever holds the lock waits for the next command
+            // and drains what arrived with it, then computes while the next worker waits.
+            let batch = {
+                let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                let first = match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+                let mut batch = vec![first];
+                let mut budget = estimate_tokens(batch[0].texts());
+                while budget < self.max_batch_tokens {
+                    match rx.recv_timeout(Duration::ZERO) {
+                        Ok(c) => {
+                            budget += estimate_tokens(c.texts());
+                            batch.push(c);
+                        }
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-            }
+                batch
+            };
             let started = Instant::now();
             self.process(batch);
             self.stats

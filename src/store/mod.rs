@@ -175,7 +175,12 @@ impl StoreOptions {
 /// The database handle. Cheap to clone (a pool).
 #[derive(Clone)]
 pub struct Store {
+    /// Readers (WAL: they never wait for the writer).
     pool: SqlitePool,
+    /// The one connection that writes. SQLite allows one writer at a time; with several
+    /// writing connections the losers spin in SQLite's busy handler (sleeps of 1, 2, 5, ... ms),
+    /// which under load was the store's main latency. One connection queues writers in order.
+    writer: SqlitePool,
 }
 
 fn conversation(r: &sqlx::sqlite::SqliteRow) -> Result<Conversation> {
@@ -322,9 +327,17 @@ impl Store {
         };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
-        let store = Store { pool };
+        let writer = if path == ":memory:" {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect)
+                .await?
+        };
+        let store = Store { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
@@ -333,10 +346,10 @@ impl Store {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         for (version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(version)
@@ -410,7 +423,7 @@ impl Store {
         .bind(&c.state)
         .bind(c.created_at)
         .bind(c.updated_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(c)
     }
@@ -453,7 +466,7 @@ impl Store {
     /// answers the shopper's message when both are given), the dialogue state and a new
     /// escalation. Either all of it is stored or none.
     pub async fn write_turn(&self, conversation_id: &str, w: &TurnWrite<'_>) -> Result<TurnIds> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let at = now_ms();
         let updated = sqlx::query(
             "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
@@ -497,7 +510,7 @@ impl Store {
 
     /// Stores one message on its own (an agent's reply, a system note).
     pub async fn add_message(&self, conversation_id: &str, m: &NewMessage) -> Result<String> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let at = now_ms();
         let updated = sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
             .bind(at)
@@ -521,7 +534,7 @@ impl Store {
         .bind(state)
         .bind(now_ms())
         .bind(conversation_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NoConversation(conversation_id.into()));
@@ -553,7 +566,7 @@ impl Store {
         reason: &str,
         sentiment_score: Option<f32>,
     ) -> Result<Escalation> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         insert_escalation(&mut conn, conversation_id, reason, sentiment_score).await
     }
 
@@ -578,7 +591,7 @@ impl Store {
         .bind(name)
         .bind(make())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(
             sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
@@ -616,7 +629,7 @@ impl Store {
             .bind(agent)
             .bind(now_ms())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let e = self
             .escalation(id)
@@ -665,7 +678,7 @@ impl Store {
         .bind(message_id)
         .bind(i64::from(helpful))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -691,7 +704,7 @@ impl Store {
         .bind(sentiment)
         .bind(agent)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
