@@ -47,6 +47,7 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
     }
     let load = Instant::now();
     let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
+    cfg.precision = s.precision.unwrap_or_default();
     cfg.device = s.device;
     // Use the heads that exist; with none, the intent head's error says how to train one.
     let has = |task: &str| {

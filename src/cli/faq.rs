@@ -152,6 +152,7 @@ impl TuneArgs {
 
 fn start_nlu(s: &Settings, intent: bool) -> Result<Nlu> {
     let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
+    cfg.precision = s.precision.unwrap_or_default();
     cfg.device = s.device;
     cfg.intent = intent;
     cfg.sentiment = false;

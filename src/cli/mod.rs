@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use shopdesk::config::{default_cache_dir, FileConfig};
-use shopdesk::nlu::{DeviceSpec, EncoderSource, DEFAULT_ENCODER};
+use shopdesk::nlu::{DeviceSpec, EncoderSource, Precision, DEFAULT_ENCODER};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,10 @@ pub struct GlobalArgs {
     /// Locale of reply texts (`prompts/<locale>.toml`).
     #[arg(long, env = "SHOPDESK_LOCALE", global = true)]
     locale: Option<String>,
+    /// Arithmetic of the encoder's linear layers: f32, or bf16 (AVX-512 BF16 CPUs; about
+    /// twice as fast, see docs/benchmarks.md for its accuracy). Default: f32, `serve`: bf16.
+    #[arg(long, env = "SHOPDESK_PRECISION", global = true, value_enum)]
+    precision: Option<Precision>,
     /// Never download from the Hugging Face Hub (also HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     offline: bool,
@@ -78,6 +82,8 @@ pub struct Settings {
     pub index_dir: PathBuf,
     pub prompts_dir: PathBuf,
     pub locale: String,
+    /// `None`: the command's default.
+    pub precision: Option<Precision>,
 }
 
 impl GlobalArgs {
@@ -132,6 +138,7 @@ impl GlobalArgs {
                 .clone()
                 .or(file.locale)
                 .unwrap_or_else(|| "en".into()),
+            precision: self.precision,
         })
     }
 }

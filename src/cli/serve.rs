@@ -143,6 +143,7 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
     }
     let mut nlu = NluConfig::new(s.encoder.clone(), &s.models_root);
     nlu.device = s.device;
+    nlu.precision = s.precision.unwrap_or(shopdesk::nlu::Precision::Bf16);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     nlu.workers = a.nlu_workers.unwrap_or(cores.min(4)).max(1);
     let mut allowed_origins = f.allowed_origins;

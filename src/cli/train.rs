@@ -330,6 +330,13 @@ pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
     let device = s.device.open()?;
     let mut encoders = vec![Encoder::load(&files, &device)?];
     let i = nlu_train::encoder_for_head(&head, &dir, &mut encoders, &files, &device)?;
+    if let Some(p) = s.precision {
+        let got = encoders[i].set_precision(p)?;
+        if got != p {
+            eprintln!("warning: {p:?} is not available here; computing in {got:?}");
+        }
+        eprintln!("encoder arithmetic: {got:?}");
+    }
     let enc = &encoders[i];
     let opts = EvalOptions {
         task: task.into(),
@@ -367,5 +374,12 @@ pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
 pub fn load_encoder(s: &Settings) -> Result<Encoder> {
     let files = hub::locate(&s.encoder)?;
     let device = s.device.open()?;
-    Ok(Encoder::load(&files, &device)?)
+    let mut enc = Encoder::load(&files, &device)?;
+    if let Some(p) = s.precision {
+        let got = enc.set_precision(p)?;
+        if got != p {
+            eprintln!("warning: {p:?} is not available here; computing in {got:?}");
+        }
+    }
+    Ok(enc)
 }

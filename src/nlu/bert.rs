@@ -23,6 +23,8 @@ struct Linear {
     b: Tensor,
     /// The same weights in panels for the small-input CPU kernel (AVX-512 machines).
     packed: Option<Vec<f32>>,
+    /// bf16 panels, when bf16 compute is on ([`Bert::use_bf16`]).
+    bf16: Option<Vec<u16>>,
 }
 
 impl Linear {
@@ -36,6 +38,7 @@ impl Linear {
         let w_t = w.t()?.contiguous()?;
         Ok(Linear {
             packed: ops::pack_for_small_inputs(&w_t)?,
+            bf16: None,
             w_t,
             b,
         })
@@ -43,7 +46,14 @@ impl Linear {
 
     /// `x`: `[n, in]` → `[n, out]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear(x, &self.w_t, &self.b, false, self.packed.as_deref())
+        ops::linear(
+            x,
+            &self.w_t,
+            &self.b,
+            false,
+            self.packed.as_deref(),
+            self.bf16.as_deref(),
+        )
     }
 }
 
@@ -161,6 +171,20 @@ impl Bert {
         &self.device
     }
 
+    /// Computes the linear layers in bfloat16 (f32 sums) from now on. Returns false, changing
+    /// nothing, where the CPU lacks AVX-512 BF16.
+    pub fn use_bf16(&mut self) -> candle_core::Result<bool> {
+        if !ops::bf16_available() {
+            return Ok(false);
+        }
+        for l in &mut self.layers {
+            for lin in [&mut l.qkv, &mut l.attn_out, &mut l.ff_in, &mut l.ff_out] {
+                lin.bf16 = ops::pack_bf16(&lin.w_t)?;
+            }
+        }
+        Ok(true)
+    }
+
     pub fn hidden_size(&self) -> usize {
         self.hidden
     }
@@ -218,6 +242,7 @@ impl Bert {
                     &l.ff_in.b,
                     true,
                     l.ff_in.packed.as_deref(),
+                    l.ff_in.bf16.as_deref(),
                 )?;
                 return l.ln2.forward_add(&l.ff_out.forward(&f)?, &x);
             }

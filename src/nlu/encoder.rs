@@ -34,12 +34,24 @@ impl Default for BatchLimits {
 }
 
 /// A loaded sentence encoder. Not `Sync` in spirit: one thread (the NLU worker) owns it.
+/// Arithmetic of the encoder's linear layers on CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (matches sentence-transformers to 1e-4).
+    #[default]
+    F32,
+    /// bf16 weights and inputs, f32 sums (AVX-512 BF16 CPUs; f32 elsewhere).
+    Bf16,
+}
+
 pub struct Encoder {
     tokenizer: Tokenizer,
     model: Bert,
     files: EncoderFiles,
     max_tokens: usize,
     pub limits: BatchLimits,
+    precision: Precision,
 }
 
 /// A tokenized text, kept so a worker can plan batches by length before running the model.
@@ -50,6 +62,32 @@ pub struct Tokens {
 }
 
 impl Encoder {
+    /// Switches the linear layers' arithmetic; returns what is in effect (bf16 falls back to
+    /// f32 on CPUs without AVX-512 BF16, and on GPUs).
+    pub fn set_precision(&mut self, p: Precision) -> Result<Precision> {
+        match p {
+            Precision::F32 if self.precision == Precision::F32 => Ok(Precision::F32),
+            Precision::F32 => Err(NluError::Invalid(
+                "the encoder computes in bf16; load it again for f32".into(),
+            )),
+            Precision::Bf16 if !self.model.device().is_cpu() => Ok(Precision::F32),
+            Precision::Bf16 => {
+                let on = self
+                    .model
+                    .use_bf16()
+                    .map_err(|e| NluError::Invalid(e.to_string()))?;
+                if on {
+                    self.precision = Precision::Bf16;
+                }
+                Ok(self.precision)
+            }
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     pub fn load(files: &EncoderFiles, device: &Device) -> Result<Self> {
         let cfg_text =
             std::fs::read_to_string(&files.config).map_err(|e| NluError::io(&files.config, e))?;
@@ -100,6 +138,7 @@ impl Encoder {
             files: files.clone(),
             max_tokens,
             limits: BatchLimits::default(),
+            precision: Precision::F32,
         })
     }
 

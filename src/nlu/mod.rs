@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 pub use device::DeviceSpec;
-pub use encoder::{BatchLimits, Encoder};
+pub use encoder::{BatchLimits, Encoder, Precision};
 pub use error::NluError;
 pub use hub::{EncoderSource, DEFAULT_ENCODER};
 
@@ -74,6 +74,8 @@ pub struct NluConfig {
     /// Worker threads. 1: each batch uses every core. N > 1: N batches at a time, one core
     /// each (better throughput and tail latency for many small requests on a busy machine).
     pub workers: usize,
+    /// Arithmetic of the encoder's linear layers.
+    pub precision: Precision,
     /// Most queued requests before callers get `Overloaded`.
     pub queue_capacity: usize,
     pub limits: BatchLimits,
@@ -88,6 +90,7 @@ impl NluConfig {
             intent: true,
             sentiment: true,
             workers: 1,
+            precision: Precision::F32,
             queue_capacity: 1024,
             limits: BatchLimits::default(),
         }
@@ -104,6 +107,7 @@ pub struct NluInfo {
     pub intent_labels: Vec<String>,
     pub sentiment_labels: Vec<String>,
     pub intent_threshold: Option<f32>,
+    pub precision: Precision,
 }
 
 /// Handle to the NLU worker. Cheap to clone; the worker stops when the last handle is dropped.
@@ -122,6 +126,7 @@ impl Nlu {
         let files = hub::locate(&cfg.encoder)?;
         let mut base = Encoder::load(&files, &device)?;
         base.limits = cfg.limits;
+
         let mut encoders = vec![base];
         let mut load_slot = |task: &str, wanted: bool| -> Result<Option<HeadSlot>> {
             if !wanted {
@@ -134,6 +139,16 @@ impl Nlu {
         };
         let intent = load_slot("intent", cfg.intent)?;
         let sentiment = load_slot("sentiment", cfg.sentiment)?;
+        let mut precision = cfg.precision;
+        for e in &mut encoders {
+            precision = e.set_precision(cfg.precision)?;
+        }
+        if precision != cfg.precision {
+            tracing::warn!(
+                "{:?} is not available on this device; computing in f32",
+                cfg.precision
+            );
+        }
         let labels = |s: &Option<HeadSlot>| {
             s.as_ref()
                 .map(|s| s.head.manifest.labels.clone())
@@ -147,6 +162,7 @@ impl Nlu {
             intent_labels: labels(&intent),
             sentiment_labels: labels(&sentiment),
             intent_threshold: intent.as_ref().and_then(|s| s.head.manifest.threshold),
+            precision,
         };
         let stats = Arc::new(WorkerStats::default());
         let worker = Worker {

@@ -134,6 +134,10 @@ pub fn embed_cached(
         let mut h = Sha256::new();
         h.update(enc.weights_sha256().as_bytes());
         h.update(enc.max_tokens().to_le_bytes());
+        // f32 keys stay as they were, so existing caches remain valid.
+        if enc.precision() != super::Precision::F32 {
+            h.update(b"precision=bf16");
+        }
         for t in texts {
             h.update(t.as_bytes());
             h.update([0u8]);

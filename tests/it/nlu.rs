@@ -154,3 +154,31 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     out.into_iter().flatten().collect()
 }
+
+#[test]
+fn bf16_embeddings_stay_close_to_f32() {
+    use shopdesk::nlu::{hub, Encoder, Precision};
+    let files = hub::locate(&common::encoder_source()).expect("locate");
+    let mut enc = Encoder::load(&files, &candle_core::Device::Cpu).expect("load");
+    let got = enc.set_precision(Precision::Bf16).expect("precision");
+    let texts = [
+        "Hi, where is my order 4451-23? It has not arrived yet.",
+        "I want to talk to a real person",
+        "The fabric is lovely but the sleeves run long and the zipper broke after a week of wearing it to work.",
+    ];
+    let f32s = common::encoder().embed(&texts).expect("f32");
+    let bf16s = enc.embed(&texts).expect("bf16");
+    if got != Precision::Bf16 {
+        eprintln!("NOTE: no AVX-512 BF16 on this CPU: the encoder stays f32 (checked)");
+        assert_eq!(f32s, bf16s);
+        return;
+    }
+    for ((a, b), t) in f32s.iter().zip(&bf16s).zip(texts) {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.999, "{t}: cosine {cos}");
+        assert!(
+            max_abs_diff(a, b) > 0.0,
+            "bf16 must differ a little from f32"
+        );
+    }
+}

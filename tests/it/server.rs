@@ -80,7 +80,13 @@ pub fn config(db: &Path, limits: Limits) -> ServerConfig {
         database_url: format!("sqlite://{}", db.display()),
         synchronous_full: true,
         engine: EngineConfig {
-            nlu: NluConfig::new(common::encoder_source(), common::models_root()),
+            nlu: {
+                // What `serve` runs by default.
+                let mut n = NluConfig::new(common::encoder_source(), common::models_root());
+                n.precision = shopdesk::nlu::Precision::Bf16;
+                n.workers = 2;
+                n
+            },
             index_dir: shop.index_dir.clone(),
             prompts_dir: repo.join("prompts"),
             locale: "en".into(),
