@@ -7,6 +7,7 @@ pub mod dialogue;
 pub mod faq;
 pub mod nlu;
 pub mod recommend;
+pub mod score;
 pub mod server;
 pub mod store;
 pub mod table;

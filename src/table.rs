@@ -102,6 +102,16 @@ pub fn cell(v: &Values, i: usize) -> Option<String> {
         .map(String::from)
 }
 
+/// A CSV/TSV reader configured as every reader of user tables is: TSV without quoting (TSV files
+/// in the wild, SST-2, use bare quotes inside text), ragged rows allowed (reported per cell).
+pub fn csv_reader<R: Read>(reader: R, format: Format) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+        .quoting(format == Format::Csv)
+        .flexible(true)
+        .from_reader(reader)
+}
+
 /// A row as read, or why it could not be read.
 pub type RowResult = std::result::Result<Values, &'static str>;
 
@@ -134,12 +144,7 @@ impl<R: Read> Rows<R> {
     ) -> Result<Self, TableError> {
         let src = match format {
             Format::Csv | Format::Tsv => {
-                let mut rdr = csv::ReaderBuilder::new()
-                    .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
-                    // TSV files in the wild (SST-2) use bare quotes inside text.
-                    .quoting(format == Format::Csv)
-                    .flexible(true)
-                    .from_reader(reader);
+                let mut rdr = csv_reader(reader, format);
                 let headers: HashMap<String, usize> = rdr
                     .byte_headers()
                     .map_err(|e| TableError::Header(e.to_string()))?

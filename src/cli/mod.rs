@@ -4,6 +4,7 @@ mod classify;
 mod faq;
 mod models;
 mod recommend;
+mod score;
 mod serve;
 mod train;
 
@@ -165,6 +166,8 @@ enum Command {
     /// Product recommendations: train the ALS model, evaluate it, query it.
     #[command(subcommand)]
     Recommend(recommend::RecommendCommand),
+    /// Score the sentiment of every review in a file (streamed, resumable).
+    Score(score::ScoreArgs),
     /// Run the chat service: shopper websocket, agent API, classification, recommendations.
     Serve(serve::ServeArgs),
     /// Make a bearer token for an agent and the config line holding its hash.
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ask(a) => faq::run_ask(a, &settings),
         Command::Slots(c) => faq::run_slots(c, &settings),
         Command::Recommend(c) => recommend::run(c, &settings),
+        Command::Score(a) => score::run(a, &settings),
         Command::Serve(a) => {
             let file = FileConfig::load(cli.global.config.as_deref())?;
             serve::run(a, &settings, &file)

@@ -313,3 +313,85 @@ fn train_learns_from_agents_relabels() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn score_killed_mid_run_resumes_with_every_row_exactly_once() {
+    let reviews = common::data_file("womens-clothing-reviews/womens_clothing_reviews.csv");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    // The first 1,200 real reviews (and the header).
+    let mut rdr = csv::Reader::from_path(&reviews).expect("reviews");
+    let input = root.join("reviews.csv");
+    let mut w = csv::Writer::from_path(&input).expect("write");
+    w.write_record(rdr.headers().expect("header"))
+        .expect("header");
+    let mut ids = Vec::new();
+    for rec in rdr.records().take(1200) {
+        let rec = rec.expect("row");
+        if !rec.get(4).unwrap_or("").trim().is_empty() {
+            ids.push(rec.get(0).unwrap_or("").to_string());
+        }
+        w.write_record(&rec).expect("row");
+    }
+    w.flush().expect("flush");
+    let out = root.join("scored.csv");
+    let progress = root.join("scored.csv.progress.json");
+    let args = |resume: bool| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["--models-root"])
+            .arg(common::models_root())
+            .arg("--offline")
+            .arg("score")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .args(["--window", "100"]);
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    };
+    let mut child = args(false)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("score");
+    // Kill it once a few windows are checkpointed.
+    let t = std::time::Instant::now();
+    loop {
+        let p: serde_json::Value = std::fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if p["input_rows"].as_u64().unwrap_or(0) >= 300 {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 300, "no progress");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let out_text = ok(&args(true).output().expect("resume"));
+    let _ = out_text;
+    let mut rdr = csv::Reader::from_path(&out).expect("output");
+    let h = rdr.headers().expect("header").clone();
+    assert_eq!(
+        h.iter().rev().take(5).collect::<Vec<_>>(),
+        vec![
+            "p_positive",
+            "p_neutral",
+            "p_negative",
+            "sentiment_score",
+            "sentiment"
+        ]
+    );
+    let got: Vec<String> = rdr
+        .records()
+        .map(|r| r.expect("row").get(0).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(got.len(), ids.len(), "every scorable row once");
+    assert_eq!(got, ids, "in input order, none twice, none lost");
+}
