@@ -40,6 +40,12 @@ pub struct ScoreArgs {
     /// Continue an interrupted run from its checkpoint (`<output>.progress.json`).
     #[arg(long)]
     resume: bool,
+    /// Summarise per value of this column (product, variant, category …).
+    #[arg(long)]
+    group_by: Option<String>,
+    /// Write the summary to REPORT.json and REPORT.html (needs -o FILE).
+    #[arg(long, value_name = "REPORT")]
+    report: Option<PathBuf>,
 }
 
 pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
@@ -56,6 +62,9 @@ pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
         .output_format
         .or_else(|| output.as_deref().and_then(Format::from_path))
         .unwrap_or(format);
+    if a.report.is_some() && output.is_none() {
+        bail!("--report reads the scored file back: it needs -o FILE");
+    }
     if let Some(p) = &input {
         if !p.exists() {
             bail!("{} does not exist", p.display());
@@ -126,6 +135,29 @@ pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
         eprintln!(
             "  … {} more",
             report.bad_rows as usize - report.bad_examples.len()
+        );
+    }
+    if let (Some(base), Some(out)) = (&a.report, &output) {
+        let group = a.group_by.as_deref().map(Column::parse);
+        let summary = score::report::summarise(out, output_format, &opts.text, group.as_ref())?;
+        let json = base.with_extension("json");
+        let html = base.with_extension("html");
+        std::fs::write(&json, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        std::fs::write(&html, score::report::html(&summary))
+            .with_context(|| format!("writing {}", html.display()))?;
+        let o = &summary.overall;
+        let share =
+            |l: &str| 100.0 * o.labels.get(l).copied().unwrap_or(0) as f64 / o.count.max(1) as f64;
+        eprintln!(
+            "{} reviews: {:.1}% negative, {:.1}% neutral, {:.1}% positive; {} groups; wrote {} and {}",
+            o.count,
+            share("negative"),
+            share("neutral"),
+            share("positive"),
+            summary.groups.len(),
+            json.display(),
+            html.display()
         );
     }
     Ok(())

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::table::{Column, Format};
 
+pub mod report;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     #[error("{0}: {1}")]

@@ -374,8 +374,23 @@ fn score_killed_mid_run_resumes_with_every_row_exactly_once() {
     }
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
-    let out_text = ok(&args(true).output().expect("resume"));
-    let _ = out_text;
+    // Resume, and summarise by class: the report covers both runs' rows.
+    let report = root.join("report");
+    ok(&args(true)
+        .args(["--group-by", "Class Name", "--report"])
+        .arg(&report)
+        .output()
+        .expect("resume"));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(summary["overall"]["count"].as_u64(), Some(ids.len() as u64));
+    let groups = summary["groups"].as_array().expect("groups");
+    assert!(groups.len() > 5, "{} classes", groups.len());
+    let in_groups: u64 = groups.iter().filter_map(|g| g["count"].as_u64()).sum();
+    assert_eq!(in_groups, ids.len() as u64);
+    let html = std::fs::read_to_string(root.join("report.html")).expect("html");
+    assert!(html.contains("<svg") && html.contains("Dresses"));
     let mut rdr = csv::Reader::from_path(&out).expect("output");
     let h = rdr.headers().expect("header").clone();
     assert_eq!(
