@@ -65,7 +65,8 @@ pub struct GlobalArgs {
     #[arg(long, env = "SHOPDESK_LOCALE", global = true)]
     locale: Option<String>,
     /// Arithmetic of the encoder's linear layers: f32, or bf16 (AVX-512 BF16 CPUs; about
-    /// twice as fast, see docs/benchmarks.md for its accuracy). Default: f32, `serve`: bf16.
+    /// twice as fast, see docs/benchmarks.md for its accuracy). Default: f32; `serve` and
+    /// `score`: bf16.
     #[arg(long, env = "SHOPDESK_PRECISION", global = true, value_enum)]
     precision: Option<Precision>,
     /// Never download from the Hugging Face Hub (also HF_HUB_OFFLINE=1).
