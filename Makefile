@@ -1,7 +1,7 @@
 # The README's two commands: `make run` (the demo) and `make test` (everything CI runs).
 CARGO ?= cargo
 
-.PHONY: run demo-data demo-cli test models lint bench-nlu bench-load
+.PHONY: run demo-data demo-cli test test-web screenshots models lint bench-nlu bench-load bench-score
 
 models:
 	$(CARGO) run --release -q -- models fetch
@@ -39,6 +39,17 @@ test:
 	# that their summary closes the output.
 	$(CARGO) test -q --benches
 	$(CARGO) test --lib --bins --tests
+	$(MAKE) test-web
+
+# Browser tests of the widget, console and shop page: Playwright (npm) driving Debian's
+# Chromium (`apt-get install chromium`), against the debug binary built by the tests above.
+test-web:
+	$(CARGO) build -q
+	cd tests/web && npm ci --silent --no-audit --no-fund && npm test
+
+# The README's screenshots, from the browser tests.
+screenshots:
+	SHOPDESK_SCREENSHOTS=$(CURDIR)/docs/img $(MAKE) test-web
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -47,6 +58,10 @@ lint:
 # NLU speed beside the Python peers; writes docs/benchmarks.md figures to reports/.
 bench-nlu:
 	bash benches/run_nlu_bench.sh
+
+# Batch scoring beside the Python peers (10,000 reviews); BIG=1 adds the 1,000,000-row RSS run.
+bench-score:
+	bash benches/run_score_bench.sh
 
 # Chat server under load (N concurrent websocket sessions); figures for docs/benchmarks.md.
 bench-load:

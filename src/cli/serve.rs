@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// but not a power cut; faster commits.
     #[arg(long)]
     sync_normal: bool,
+    /// Serve the shop page, widget and console from this folder (e.g. `web/`) instead of the
+    /// copies built into the binary: edit and reload without rebuilding.
+    #[arg(long, env = "SHOPDESK_WEB_DIR")]
+    web_dir: Option<std::path::PathBuf>,
 }
 
 /// `[server]` of the config file.
@@ -172,6 +176,7 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
         agents,
         allowed_origins,
         limits,
+        web_dir: a.web_dir.clone(),
     })
 }
 
@@ -190,7 +195,8 @@ pub fn run(a: ServeArgs, s: &Settings, file: &FileConfig) -> Result<()> {
         // One line on stdout that scripts (tests, the load generator) wait for.
         println!("shopdesk listening on http://{}", running.addr);
         eprintln!(
-            "chat: ws://{0}/v1/chat · ready: http://{0}/readyz · metrics: http://{0}/metrics",
+            "shop: http://{0}/ · agent console: http://{0}/console · chat: ws://{0}/v1/chat · \
+             ready: http://{0}/readyz · metrics: http://{0}/metrics",
             running.addr
         );
         running.handle.await??;

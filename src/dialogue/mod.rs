@@ -158,6 +158,8 @@ pub struct KnownAnswer {
     pub template: String,
     /// Trusted: its cosine passed `SearchOptions::min_cosine`.
     pub trusted: bool,
+    /// The FAQ entry's intent, when it has one.
+    pub intent: Option<String>,
 }
 
 /// What the policy needs from the FAQ and the templates (a trait so tests can fake it).
@@ -319,7 +321,14 @@ impl Policy {
         // Escalation, only once per conversation.
         if st.status == Status::Bot {
             let has = |list: &[String]| intent.is_some_and(|i| list.iter().any(|x| x == i));
-            let reason = if has(&rules.human_intents) {
+            // The shop's own answer to "can I talk to a person" promises one: keep the promise
+            // even when the intent head did not recognise the request.
+            let answers_human = answer
+                .as_ref()
+                .filter(|a| a.trusted)
+                .and_then(|a| a.intent.as_deref())
+                .is_some_and(|i| rules.human_intents.iter().any(|x| x == i));
+            let reason = if has(&rules.human_intents) || answers_human {
                 Some(EscalationReason::AskedForHuman)
             } else if negative && has(&rules.complaint_intents) {
                 Some(EscalationReason::Complaint)

@@ -19,6 +19,7 @@ impl Knowledge for Shop {
             id: id.to_string(),
             template: t.to_string(),
             trusted: true,
+            intent: intent.map(String::from),
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {
@@ -162,6 +163,43 @@ fn angry_complaint_escalates_and_the_bot_goes_quiet_once_claimed() {
     );
     assert_eq!(st.status, Status::Bot);
     assert!(d.reply.is_some());
+}
+
+/// A shop whose FAQ answers everything with its "talk to a person" entry.
+struct HumanFaq<'a>(&'a Shop);
+
+impl Knowledge for HumanFaq<'_> {
+    fn answer(&self, _text: &str, _intent: Option<&str>) -> Option<KnownAnswer> {
+        Some(KnownAnswer {
+            id: "human-1".into(),
+            template: "Of course, someone from our team will join.".into(),
+            trusted: true,
+            intent: Some("contact_human_agent".into()),
+        })
+    }
+    fn intent_template(&self, intent: &str) -> Option<String> {
+        self.0.intent_template(intent)
+    }
+    fn ask_for(&self, slot: &str) -> Option<String> {
+        self.0.ask_for(slot)
+    }
+    fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
+        self.0.fill(template, slots)
+    }
+}
+
+#[test]
+fn an_faq_answer_that_promises_a_person_escalates() {
+    let (p, shop) = setup();
+    let mut st = State::default();
+    // The intent head found it out of scope; the FAQ's nearest entry is the human one.
+    let d = p.turn(
+        &mut st,
+        &msg("my refund is late again, get me someone real", None, CALM),
+        &HumanFaq(&shop),
+    );
+    assert_eq!(d.escalated, Some(EscalationReason::AskedForHuman));
+    assert_eq!(st.status, Status::Waiting);
 }
 
 #[test]

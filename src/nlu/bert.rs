@@ -180,6 +180,10 @@ impl Bert {
         for l in &mut self.layers {
             for lin in [&mut l.qkv, &mut l.attn_out, &mut l.ff_in, &mut l.ff_out] {
                 lin.bf16 = ops::pack_bf16(&lin.w_t)?;
+                // bf16 panels serve every input size: the f32 panels (42 MB for MiniLM) go.
+                if lin.bf16.is_some() {
+                    lin.packed = None;
+                }
             }
         }
         Ok(true)

@@ -2,6 +2,7 @@
 //! and a live websocket of events. Every call needs `Authorization: Bearer <token>` (the live
 //! stream also takes `?access_token=`, since browsers cannot set headers on websockets).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -65,8 +66,19 @@ impl FromRequestParts<Arc<App>> for Agent {
     }
 }
 
-async fn me(Agent(name): Agent) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "agent": name }))
+/// The agent's name and the labels a relabel may use (empty while models load).
+async fn me(State(app): State<Arc<App>>, Agent(name): Agent) -> Json<serde_json::Value> {
+    let (intents, sentiments) = match app.engine() {
+        Ok(e) => (
+            e.nlu.info().intent_labels.clone(),
+            e.nlu.info().sentiment_labels.clone(),
+        ),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
+    Json(serde_json::json!({
+        "agent": name,
+        "labels": {"intent": intents, "sentiment": sentiments},
+    }))
 }
 
 #[derive(Deserialize)]
@@ -87,6 +99,9 @@ struct ListItem {
     /// Seconds since the escalation opened (until it was resolved).
     waiting_seconds: f64,
     last_message: Option<String>,
+    /// Intent and sentiment of the shopper's latest message.
+    intent: Option<String>,
+    sentiment: Option<String>,
 }
 
 async fn list(
@@ -110,12 +125,15 @@ async fn list(
     let now = crate::store::now_ms();
     for e in app.store.escalations(filter, limit).await? {
         let conv = app.store.conversation(&e.conversation_id).await?;
-        let last = app.store.messages(&e.conversation_id, 1).await?;
+        let last = app.store.messages(&e.conversation_id, 10).await?;
+        let shopper = last.iter().rev().find(|m| m.role == "shopper");
         let until = e.resolved_at.unwrap_or(now);
         items.push(ListItem {
             customer_id: conv.and_then(|c| c.customer_id),
             waiting_seconds: (until - e.created_at).max(0) as f64 / 1e3,
-            last_message: last.into_iter().next().map(|m| m.text),
+            intent: shopper.and_then(|m| m.intent.clone()),
+            sentiment: shopper.and_then(|m| m.sentiment.clone()),
+            last_message: last.last().map(|m| m.text.clone()),
             escalation: e,
         });
     }
@@ -157,6 +175,29 @@ async fn transcript(
         .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
     let st = parse_state(&conv.state);
     let messages: Vec<StoredMessage> = app.store.messages(&conv.id, 10_000).await?;
+    // The latest correction of each label wins, as in `train --feedback`.
+    let mut corrected: HashMap<String, serde_json::Map<String, serde_json::Value>> = HashMap::new();
+    for r in app.store.conversation_relabels(&conv.id).await? {
+        let c = corrected.entry(r.message_id).or_default();
+        if let Some(i) = r.intent {
+            c.insert("intent".into(), i.into());
+        }
+        if let Some(s) = r.sentiment {
+            c.insert("sentiment".into(), s.into());
+        }
+        c.insert("agent".into(), r.agent.into());
+    }
+    let messages: Vec<serde_json::Value> = messages
+        .into_iter()
+        .map(|m| {
+            let fix = corrected.remove(&m.id);
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            if let (Some(fix), Some(obj)) = (fix, v.as_object_mut()) {
+                obj.insert("corrected".into(), fix.into());
+            }
+            v
+        })
+        .collect();
     Ok(Json(serde_json::json!({
         "escalation": e,
         "conversation": {
@@ -397,18 +438,30 @@ async fn stream(
     ws: WebSocketUpgrade,
 ) -> Response {
     let rx = app.live.agent_events();
-    ws.max_message_size(app.config.limits.max_frame_bytes)
-        .on_upgrade(move |socket| agent_stream(socket, rx, agent))
+    let limit = app.config.limits.max_frame_bytes;
+    ws.max_message_size(limit)
+        .on_upgrade(move |socket| agent_stream(socket, rx, app, agent))
 }
 
 async fn agent_stream(
     mut socket: WebSocket,
     mut rx: broadcast::Receiver<AgentEvent>,
+    app: Arc<App>,
     agent: String,
 ) {
     tracing::info!(%agent, "agent stream opened");
+    let closing = app.closing();
+    tokio::pin!(closing);
     loop {
         tokio::select! {
+            _ = &mut closing => {
+                let frame = axum::extract::ws::CloseFrame {
+                    code: 1012,
+                    reason: "server restarting".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
             ev = rx.recv() => match ev {
                 Ok(ev) => {
                     let Ok(json) = serde_json::to_string(&ev) else { continue };

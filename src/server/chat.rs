@@ -37,6 +37,10 @@ use crate::store::{NewMessage, TurnWrite};
 const POLICY_VIOLATION: u16 = 1008;
 const NORMAL: u16 = 1000;
 const TOO_BIG: u16 = 1009;
+/// "Service restart": the server is shutting down; clients reconnect (to its successor).
+const RESTART: u16 = 1012;
+/// How long a message waits for the models of a server that is still starting.
+const ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Messages `welcome` carries back.
 const HISTORY: i64 = 100;
@@ -316,6 +320,7 @@ impl Conn {
                     text: m.text,
                     agent: m.author,
                     reply_to: m.reply_to,
+                    client_id: m.client_id,
                     created_at: m.created_at,
                 })
                 .collect(),
@@ -341,8 +346,13 @@ impl Conn {
         let idle = self.app.config.limits.idle_timeout;
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
+        let app = self.app.clone();
+        let closing = app.closing();
+        tokio::pin!(closing);
         loop {
             tokio::select! {
+                // Open sockets would otherwise hold a graceful shutdown until they idle out.
+                _ = &mut closing => return Err(Stop::Close(RESTART, "server restarting")),
                 f = at.frames.recv() => match f {
                     Ok(frame) => self.send(&frame).await?,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -402,11 +412,11 @@ impl Conn {
                 .error(ErrorCode::RateLimited, "too many messages; wait a moment")
                 .await;
         }
-        let engine = match self.app.engine() {
-            Ok(e) => e.clone(),
+        self.send(&ServerFrame::Typing).await?;
+        let engine = match self.app.engine_wait(ENGINE_WAIT).await {
+            Ok(e) => e,
             Err(e) => return self.error(ErrorCode::Internal, e.to_string()).await,
         };
-        self.send(&ServerFrame::Typing).await?;
         let span = tracing::info_span!("turn", intent = tracing::field::Empty);
         let app = self.app.clone();
         let out = turn(&app, &engine, at, client_id, text)
@@ -426,8 +436,8 @@ impl Conn {
         helpful: bool,
     ) -> Result<(), Stop> {
         let app = self.app.clone();
-        let engine = match app.engine() {
-            Ok(e) => e.clone(),
+        let engine = match app.engine_wait(ENGINE_WAIT).await {
+            Ok(e) => e,
             Err(e) => return self.error(ErrorCode::Internal, e.to_string()).await,
         };
         let m = match app.store.message(message_id).await {

@@ -287,6 +287,7 @@ impl Knowledge for TurnKnowledge<'_> {
             trusted: h.scores.cosine.is_some_and(|c| c >= opts.min_cosine),
             id: h.id,
             template: h.answer,
+            intent: h.intent,
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod protocol;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     /// Same-origin pages and clients that send no Origin (apps, servers) are always allowed.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    /// Serve the web pages from this folder instead of the copies built into the binary.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 /// Shared state of a running server.
@@ -67,6 +70,8 @@ pub struct App {
     pub live: live::Live,
     pub metrics: metrics::Metrics,
     pub limiters: limits::Limiters,
+    /// Turns true when the server begins to shut down: open websockets close (1012).
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -83,6 +88,38 @@ impl App {
                 None => "the server is still loading its models; try again shortly".into(),
             })
         })
+    }
+
+    /// The engine, waiting up to `max` while it loads: a shopper who writes during a restart
+    /// gets an answer a little later instead of an error.
+    pub async fn engine_wait(&self, max: Duration) -> Result<Arc<Engine>, ApiError> {
+        let until = tokio::time::Instant::now() + max;
+        loop {
+            match self.engine() {
+                Ok(e) => return Ok(e.clone()),
+                Err(e) => {
+                    let failed = self
+                        .load_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
+                    if failed || tokio::time::Instant::now() >= until {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resolves when the server begins to shut down.
+    pub async fn closing(&self) {
+        let mut rx = self.closing.subscribe();
+        // The guard `wait_for` returns is dropped here, before anything else is awaited.
+        let closed = rx.wait_for(|&c| c).await.is_ok();
+        if !closed {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn set_engine(&self, e: Engine) {
@@ -142,6 +179,7 @@ pub async fn start(
         agents,
         live: live::Live::default(),
         metrics: metrics::Metrics::new(),
+        closing: tokio::sync::watch::Sender::new(false),
     });
     {
         let app = app.clone();
@@ -168,6 +206,13 @@ pub async fn start(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
+    let shutdown = {
+        let app = app.clone();
+        async move {
+            shutdown.await;
+            app.closing.send_replace(true);
+        }
+    };
     let handle = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -193,6 +238,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .nest("/v1/agent", agent::router())
+        .merge(web::router())
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             app.config.limits.max_body_bytes,

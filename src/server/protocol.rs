@@ -63,6 +63,10 @@ pub struct HistoryItem {
     pub agent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// On shopper messages: the `id` the client gave it, so a reconnecting client knows which
+    /// of its messages were stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     pub created_at: i64,
 }
 

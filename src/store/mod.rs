@@ -709,6 +709,19 @@ impl Store {
         Ok(())
     }
 
+    /// The agents' corrections of one conversation's messages, oldest first.
+    pub async fn conversation_relabels(&self, conversation_id: &str) -> Result<Vec<Relabel>> {
+        let rows = sqlx::query(
+            "SELECT f.message_id, m.text, f.intent, f.sentiment, f.agent FROM feedback f \
+             JOIN messages m ON m.id = f.message_id \
+             WHERE m.conversation_id = $1 AND f.kind = 'relabel' ORDER BY f.created_at, f.id",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(relabel_row).collect()
+    }
+
     /// Every relabel with its message's text, oldest first (the latest label of a message wins
     /// when they are read in order).
     pub async fn relabels(&self) -> Result<Vec<Relabel>> {
@@ -718,18 +731,18 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Relabel {
-                    message_id: r.try_get("message_id")?,
-                    text: r.try_get("text")?,
-                    intent: r.try_get("intent")?,
-                    sentiment: r.try_get("sentiment")?,
-                    agent: r.try_get("agent")?,
-                })
-            })
-            .collect()
+        rows.iter().map(relabel_row).collect()
     }
+}
+
+fn relabel_row(r: &sqlx::sqlite::SqliteRow) -> Result<Relabel> {
+    Ok(Relabel {
+        message_id: r.try_get("message_id")?,
+        text: r.try_get("text")?,
+        intent: r.try_get("intent")?,
+        sentiment: r.try_get("sentiment")?,
+        agent: r.try_get("agent")?,
+    })
 }
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ pub fn config(db: &Path, limits: Limits) -> ServerConfig {
         }],
         allowed_origins: vec!["https://shop.example".into()],
         limits,
+        web_dir: None,
     }
 }
 
