@@ -76,86 +76,97 @@ pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
             bail!("{} does not exist", p.display());
         }
     }
-    one_malloc_arena();
-    let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
-    cfg.device = s.device;
-    cfg.intent = false;
-    // Small forward passes suit one-thread workers: the activations stay in cache and the
-    // peak memory is the model's (see docs/benchmarks.md, batch scoring).
-    cfg.limits.max_tokens = a.batch_tokens.unwrap_or(1024).max(256);
-    cfg.sentiment = true;
-    // Held-out accuracy is the same in bf16 (docs/benchmarks.md) and it is faster.
-    cfg.precision = s.precision.unwrap_or(Precision::Bf16);
-    // One-thread workers, each given a share of every window: tokenising, pooling and the
-    // forward passes all run in parallel, where one worker spread over the cores leaves them
-    // idle between its parallel sections.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cfg.workers = a.workers.unwrap_or(cores.min(8)).max(1);
-    let workers = cfg.workers;
-    let nlu = Nlu::start(cfg)?;
-    let labels = nlu.info().sentiment_labels.clone();
-    let opts = ScoreOptions {
-        input: input.clone(),
-        output: output.clone(),
-        format,
-        output_format,
-        text: Column::parse(&a.text_column),
-        window: a.window,
-        strict: a.strict,
-        resume: a.resume,
-        labels,
-    };
-    // Rows are not known up front; the line count is a close estimate for the ETA (quoted
-    // newlines make it a little high).
-    let estimate = match &input {
-        Some(p) => count_lines(p).unwrap_or(0).saturating_sub(1),
-        None => 0,
-    };
-    let bar = progress_bar(estimate, "scoring");
-    let t = std::time::Instant::now();
-    let report = score::run(
-        &opts,
-        |texts| {
-            let cls = classify_split(&nlu, texts, workers).map_err(|e| e.to_string())?;
-            cls.into_iter()
-                .map(|c| {
-                    let p = c.sentiment.ok_or("no sentiment head")?;
-                    Ok(Scored {
-                        label: p.label,
-                        score: p.confidence,
-                        probs: p.probs,
-                    })
-                })
-                .collect()
-        },
-        |n| bar.set_position(n),
-    )?;
-    bar.finish_and_clear();
-    let secs = t.elapsed().as_secs_f64();
-    let new = report.rows_read - report.resumed_from;
-    eprintln!(
-        "scored {} rows ({} bad, skipped) in {secs:.1} s: {:.0} rows/s{}",
-        report.rows_scored,
-        report.bad_rows,
-        new as f64 / secs.max(1e-9),
-        if report.resumed_from > 0 {
-            format!("; resumed after row {}", report.resumed_from)
-        } else {
-            String::new()
-        }
-    );
-    for (line, why) in &report.bad_examples {
-        eprintln!("  line {line}: {why}");
+    // A finished run resumed with --report: summarise the scored file again (another
+    // --group-by, say) without scoring anything.
+    let already = a.resume && output.as_deref().is_some_and(score::finished);
+    if already && a.report.is_none() {
+        bail!("this run already finished: nothing to resume (add --report to summarise it again)");
     }
-    if report.bad_rows as usize > report.bad_examples.len() {
+    let text = Column::parse(&a.text_column);
+    if already {
+        eprintln!("already scored; writing the report only");
+    } else {
+        one_malloc_arena();
+        let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
+        cfg.device = s.device;
+        cfg.intent = false;
+        // Small forward passes suit one-thread workers: the activations stay in cache and the
+        // peak memory is the model's (see docs/benchmarks.md, batch scoring).
+        cfg.limits.max_tokens = a.batch_tokens.unwrap_or(1024).max(256);
+        cfg.sentiment = true;
+        // Held-out accuracy is the same in bf16 (docs/benchmarks.md) and it is faster.
+        cfg.precision = s.precision.unwrap_or(Precision::Bf16);
+        // One-thread workers, each given a share of every window: tokenising, pooling and the
+        // forward passes all run in parallel, where one worker spread over the cores leaves them
+        // idle between its parallel sections.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cfg.workers = a.workers.unwrap_or(cores.min(8)).max(1);
+        let workers = cfg.workers;
+        let nlu = Nlu::start(cfg)?;
+        let labels = nlu.info().sentiment_labels.clone();
+        let opts = ScoreOptions {
+            input: input.clone(),
+            output: output.clone(),
+            format,
+            output_format,
+            text: Column::parse(&a.text_column),
+            window: a.window,
+            strict: a.strict,
+            resume: a.resume,
+            labels,
+        };
+        // Rows are not known up front; the line count is a close estimate for the ETA (quoted
+        // newlines make it a little high).
+        let estimate = match &input {
+            Some(p) => count_lines(p).unwrap_or(0).saturating_sub(1),
+            None => 0,
+        };
+        let bar = progress_bar(estimate, "scoring");
+        let t = std::time::Instant::now();
+        let report = score::run(
+            &opts,
+            |texts| {
+                let cls = classify_split(&nlu, texts, workers).map_err(|e| e.to_string())?;
+                cls.into_iter()
+                    .map(|c| {
+                        let p = c.sentiment.ok_or("no sentiment head")?;
+                        Ok(Scored {
+                            label: p.label,
+                            score: p.confidence,
+                            probs: p.probs,
+                        })
+                    })
+                    .collect()
+            },
+            |n| bar.set_position(n),
+        )?;
+        bar.finish_and_clear();
+        let secs = t.elapsed().as_secs_f64();
+        let new = report.rows_read - report.resumed_from;
         eprintln!(
-            "  … {} more",
-            report.bad_rows as usize - report.bad_examples.len()
+            "scored {} rows ({} bad, skipped) in {secs:.1} s: {:.0} rows/s{}",
+            report.rows_scored,
+            report.bad_rows,
+            new as f64 / secs.max(1e-9),
+            if report.resumed_from > 0 {
+                format!("; resumed after row {}", report.resumed_from)
+            } else {
+                String::new()
+            }
         );
+        for (line, why) in &report.bad_examples {
+            eprintln!("  line {line}: {why}");
+        }
+        if report.bad_rows as usize > report.bad_examples.len() {
+            eprintln!(
+                "  … {} more",
+                report.bad_rows as usize - report.bad_examples.len()
+            );
+        }
     }
     if let (Some(base), Some(out)) = (&a.report, &output) {
         let group = a.group_by.as_deref().map(Column::parse);
-        let summary = score::report::summarise(out, output_format, &opts.text, group.as_ref())?;
+        let summary = score::report::summarise(out, output_format, &text, group.as_ref())?;
         let json = base.with_extension("json");
         let html = base.with_extension("html");
         std::fs::write(&json, serde_json::to_string_pretty(&summary)?)

@@ -88,6 +88,14 @@ pub struct Report {
     pub resumed_from: u64,
 }
 
+/// Whether the run writing `output` finished (its checkpoint says so).
+pub fn finished(output: &Path) -> bool {
+    std::fs::read(progress_path(output))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Progress>(&t).ok())
+        .is_some_and(|p| p.done)
+}
+
 pub fn progress_path(output: &Path) -> PathBuf {
     let mut s = output.as_os_str().to_owned();
     s.push(".progress.json");

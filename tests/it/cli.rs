@@ -409,4 +409,23 @@ fn score_killed_mid_run_resumes_with_every_row_exactly_once() {
         .collect();
     assert_eq!(got.len(), ids.len(), "every scorable row once");
     assert_eq!(got, ids, "in input order, none twice, none lost");
+
+    // The finished run summarised by another column: no scoring, the output unchanged.
+    let before = std::fs::read(&out).expect("output");
+    let by_age = root.join("by-age");
+    ok(&args(true)
+        .args(["--group-by", "Age", "--report"])
+        .arg(&by_age)
+        .output()
+        .expect("report only"));
+    assert_eq!(std::fs::read(&out).expect("output"), before);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("by-age.json")).expect("report"))
+            .expect("json");
+    assert_eq!(summary["overall"]["count"].as_u64(), Some(ids.len() as u64));
+    // Without --report there is nothing to do: a clear error, nothing touched.
+    let o = args(true).output().expect("resume again");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already finished"));
+    assert_eq!(std::fs::read(&out).expect("output"), before);
 }

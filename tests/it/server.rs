@@ -724,6 +724,23 @@ fn http_api_classifies_recommends_and_reports_health() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["results"][0]["label"], "positive");
     assert_eq!(v["results"][1]["label"], "negative");
+    // The documented limit: 256 texts per call.
+    for (n, code) in [(256, 200), (257, 413)] {
+        let body = json!({ "texts": vec!["Fits well, nice fabric"; n] });
+        let (st, v) = http("POST", addr, "/v1/sentiment", None, Some(body)).expect("http");
+        assert_eq!(st, code, "{n} texts: {v}");
+        if code == 200 {
+            assert_eq!(v["results"].as_array().map(Vec::len), Some(n));
+        }
+    }
+    // The storefront's catalog.
+    let (st, v) = http("GET", addr, "/v1/products", None, None).expect("http");
+    assert_eq!(st, 200, "{v}");
+    let products = v["products"].as_array().expect("products");
+    assert!(products.len() >= 30, "{v}");
+    assert!(products
+        .iter()
+        .any(|p| p["id"] == "jp-001" && p["title"] == "Linen Shirt"));
     for (body, code) in [
         (json!({"texts": []}), 400),
         (json!({"text": "x"}), 400),
