@@ -239,6 +239,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(api::metrics))
         .nest("/v1/agent", agent::router())
         .merge(web::router())
+        .fallback(|| async { ApiError::NotFound("no such page or endpoint".into()) })
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             app.config.limits.max_body_bytes,

@@ -733,6 +733,13 @@ fn http_api_classifies_recommends_and_reports_health() {
             assert_eq!(v["results"].as_array().map(Vec::len), Some(n));
         }
     }
+    // Unknown paths get our error format too.
+    let (st, v) = http("GET", addr, "/no/such/page", None, None).expect("http");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
     // The storefront's catalog.
     let (st, v) = http("GET", addr, "/v1/products", None, None).expect("http");
     assert_eq!(st, 200, "{v}");
