@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Batch scoring: `shopdesk score` and Python peers doing the same job, in one run.
 #   bash benches/run_score_bench.sh          THREADS=2 N=10000; PEERS_PY=… to reuse a venv
+#   SETS=womens bash benches/run_score_bench.sh    one input set only (womens, zh)
 #   BIG=1 [SKIP_THROUGHPUT=1] bash benches/run_score_bench.sh    also peak RSS on a 1,000,000-row file (long: ~1.5 h on 2 cores)
 # Inputs are real rows from ../shared/data: the first N non-empty reviews of womens-clothing-reviews
 # (English) and of zh-shopping-reviews (Chinese). The big file repeats amazon-alexa-reviews' rows
@@ -70,7 +71,7 @@ PY
   tail -1 "$JSONL"
 }
 
-for name in $([ "${SKIP_THROUGHPUT:-0}" = 1 ] || echo womens zh); do
+for name in $([ "${SKIP_THROUGHPUT:-0}" = 1 ] || echo "${SETS:-womens zh}"); do
   input="$OUT/$name-$N.csv"
   run_shopdesk "$name" "$input"
   for impl in st ort-fp32 ort-int8; do
