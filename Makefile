@@ -1,7 +1,7 @@
 # The README's two commands: `make run` (the demo) and `make test` (everything CI runs).
 CARGO ?= cargo
 
-.PHONY: run demo-data demo-cli test test-web screenshots models lint bench-nlu bench-load bench-score
+.PHONY: run demo-data demo-cli test test-kernels test-web screenshots models lint bench-nlu bench-load bench-score
 
 models:
 	$(CARGO) run --release -q -- models fetch
@@ -38,8 +38,16 @@ test:
 	# Benches run once in smoke mode (tiny inputs) so they cannot rot; the tests come last so
 	# that their summary closes the output.
 	$(CARGO) test -q --benches
+	$(MAKE) test-kernels
 	$(CARGO) test --lib --bins --tests
 	$(MAKE) test-web
+
+# The SIMD kernels' numeric tests again on the paths this CPU would not pick by itself
+# (SHOPDESK_KERNEL caps the dispatch; the plain run above takes the best, AVX-512 here).
+KERNEL_TESTS = simd:: nlu::ops:: recommend::als:: recommend::model::
+test-kernels:
+	SHOPDESK_KERNEL=avx2 $(CARGO) test -q --lib -- $(KERNEL_TESTS)
+	SHOPDESK_KERNEL=generic $(CARGO) test -q --lib -- $(KERNEL_TESTS)
 
 # Browser tests of the widget, console and shop page: Playwright (npm) driving Debian's
 # Chromium (`apt-get install chromium`), against the debug binary built by the tests above.

@@ -9,5 +9,7 @@ pub mod nlu;
 pub mod recommend;
 pub mod score;
 pub mod server;
+pub mod simd;
 pub mod store;
 pub mod table;
+pub mod text;

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{FaqError, Result};
-use crate::nlu::data::BadRow;
-use crate::table::{Column, Format, Rows};
+use crate::table::{BadRow, Column, Format, Rows};
 
 /// One FAQ entry: a question as a shopper would ask it and the answer template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -172,7 +172,7 @@ impl Bert {
     }
 
     /// Computes the linear layers in bfloat16 (f32 sums) from now on. Returns false, changing
-    /// nothing, where the CPU lacks AVX-512 BF16.
+    /// nothing, where the CPU lacks AVX-512 BF16 or `SHOPDESK_KERNEL` is below `avx512`.
     pub fn use_bf16(&mut self) -> candle_core::Result<bool> {
         if !ops::bf16_available() {
             return Ok(false);

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::error::{NluError, Result};
 
 pub use crate::table::Format;
-use crate::table::{Column, Rows};
+use crate::table::{BadRow, Column, Rows};
 
 /// How to read one labelled file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,19 +75,6 @@ pub struct Example {
     pub label: String,
     /// 1-based line in the file where the row starts.
     pub line: u64,
-}
-
-/// A row that could not be used.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BadRow {
-    pub line: u64,
-    pub reason: String,
-}
-
-impl std::fmt::Display for BadRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {}", self.line, self.reason)
-    }
 }
 
 /// Everything read from one file.

@@ -245,7 +245,7 @@ impl Report {
 
     /// A self-contained HTML page: summary, per-class table and a confusion-matrix heat map.
     pub fn html(&self) -> String {
-        let esc = html_escape;
+        let esc = crate::text::html_escape;
         let mut rows = String::new();
         for c in &self.per_class {
             rows += &format!(
@@ -321,22 +321,6 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}th{{background:#f
             ver = env!("CARGO_PKG_VERSION"),
         )
     }
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::head::{self, Arch, EncoderRef, Head, Manifest, Split, TrainConfig, Tr
 use super::hub::{self, EncoderFiles};
 use super::metrics::{self, BinaryMetrics, Report};
 use super::worker::predict;
+use crate::table::BadRow;
 
 /// File name of fine-tuned encoder weights inside a head folder.
 pub const FINETUNED_WEIGHTS: &str = "encoder.safetensors";
@@ -73,7 +74,7 @@ pub struct TrainOptions {
 #[derive(Debug)]
 pub struct TrainSummary {
     pub manifest: Manifest,
-    pub bad_rows: Vec<(PathBuf, data::BadRow)>,
+    pub bad_rows: Vec<(PathBuf, BadRow)>,
     pub out_dir: PathBuf,
 }
 
@@ -81,7 +82,7 @@ pub struct TrainSummary {
 pub type LoadedSources = (
     Vec<Example>,
     Vec<Example>,
-    Vec<(PathBuf, data::BadRow)>,
+    Vec<(PathBuf, BadRow)>,
     Vec<String>,
 );
 

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::nlu::ops::multiversion;
+use crate::simd::multiversion;
 use serde::{Deserialize, Serialize};
 
 /// Compressed sparse rows: row r's entries are `indices[indptr[r]..indptr[r+1]]` with `values`.
@@ -397,6 +397,29 @@ mod tests {
             }
         }
         Csr::from_triples(40, 20, t)
+    }
+
+    #[test]
+    fn gram_kernel_matches_a_plain_sum_on_the_selected_path() {
+        // Whatever path `crate::simd::level()` picks (SHOPDESK_KERNEL caps it), the same answer.
+        let f = 19;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let rows: Vec<f32> = (0..23 * f).map(|_| rng.f32() - 0.5).collect();
+        let mut g = vec![0f32; f * f];
+        gram_rows(&rows, f, &mut g);
+        for i in 0..f {
+            for j in 0..f {
+                let want: f64 = rows
+                    .chunks_exact(f)
+                    .map(|r| f64::from(r[i]) * f64::from(r[j]))
+                    .sum();
+                let got = g[i * f + j];
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-5,
+                    "g[{i},{j}] {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{RecommendError, Result};
-use crate::nlu::data::BadRow;
 use crate::nlu::slots::ProductName;
-use crate::table::{cell, Column, Format, Rows};
+use crate::table::{cell, BadRow, Column, Format, Rows};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {

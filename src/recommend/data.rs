@@ -8,8 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::als::Csr;
 use super::error::{RecommendError, Result};
-use crate::nlu::data::BadRow;
-use crate::table::{cell, Column, Format, Rows};
+use crate::table::{cell, BadRow, Column, Format, Rows};
 
 /// How to read an interactions file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use super::als::{self, AlsConfig, Csr, Factors};
 use super::catalog::{Catalog, Product};
 use super::data::InteractionSpec;
 use super::error::{RecommendError, Result};
-use crate::nlu::ops::multiversion;
+use crate::simd::multiversion;
 
 const TENSORS: &str = "model.safetensors";
 const MANIFEST: &str = "manifest.json";
@@ -574,4 +574,27 @@ multiversion! {
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| RecommendError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matvec_kernel_matches_a_plain_dot_on_the_selected_path() {
+        let f = 37;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let x: Vec<f32> = (0..f).map(|_| rng.f32() - 0.5).collect();
+        let rows: Vec<f32> = (0..29 * f).map(|_| rng.f32() - 0.5).collect();
+        let mut out = vec![0f32; 29];
+        matvec(&rows, &x, &mut out);
+        for (r, got) in rows.chunks_exact(f).zip(&out) {
+            let want: f64 = r
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
 }

@@ -8,15 +8,21 @@
 //! Exactly once across interruptions: after each window the output is flushed and synced, then a
 //! checkpoint (`<output>.progress.json`: input rows consumed, output bytes) replaces the previous
 //! one by rename. `--resume` cuts the output back to the checkpoint's length (a window written
-//! after it is dropped), skips the rows the checkpoint consumed and carries on.
+//! after it is dropped), skips the rows the checkpoint consumed and carries on. The first
+//! checkpoint is written with the header, so a run that stops before its first window ends can
+//! be resumed too.
+//!
+//! A read error in the input (the disk, the network share) is not the end of the file: the run
+//! stops with the file and line, the last checkpoint stands (not marked done) and `--resume`
+//! continues after it. Rows come from [`crate::table::Rows`], as everywhere else.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{Column, Format};
+use crate::table::{Column, Format, ReadError, Record, Rows};
 
 pub mod report;
 
@@ -28,6 +34,16 @@ pub enum ScoreError {
     Input(String),
     #[error("line {line}: {reason} (--strict stops at the first bad row)")]
     BadRow { line: u64, reason: String },
+    /// The input failed mid-file (not a bad row): nothing past `line` was scored.
+    #[error("{file}: cannot read line {line}: {source}{hint}")]
+    Read {
+        file: String,
+        line: u64,
+        #[source]
+        source: std::io::Error,
+        /// What to do next (resume, where there is a checkpoint).
+        hint: &'static str,
+    },
     #[error("scoring failed: {0}")]
     Model(String),
     #[error("cannot resume: {0}")]
@@ -103,185 +119,45 @@ pub fn progress_path(output: &Path) -> PathBuf {
 }
 
 /// One input row: its line, its full record, and its text (or why it has none).
-struct Row {
+struct Item {
     line: u64,
     record: Record,
     text: std::result::Result<String, &'static str>,
 }
 
-enum Record {
-    Csv(csv::ByteRecord),
-    Json(serde_json::Map<String, serde_json::Value>),
-    /// Unreadable (malformed quoting, invalid JSON): only its line is known.
-    Broken,
+impl Item {
+    /// The text is the row's only requested column, trimmed.
+    fn from_row(row: crate::table::Row) -> Item {
+        let text = row
+            .values
+            .and_then(|v| match v.into_iter().next().flatten() {
+                None => Err("missing text column"),
+                Some(t) if t.trim().is_empty() => Err("empty text"),
+                Some(t) if t.trim().len() == t.len() => Ok(t),
+                Some(t) => Ok(t.trim().to_string()),
+            });
+        Item {
+            line: row.line,
+            record: row.record,
+            text,
+        }
+    }
 }
 
-enum Reader {
-    Csv {
-        rdr: csv::Reader<Box<dyn Read>>,
-        headers: csv::ByteRecord,
-        text_idx: Vec<usize>,
-        join: bool,
-    },
-    Jsonl {
-        lines: BufReader<Box<dyn Read>>,
-        line: u64,
-        text: Column,
-    },
-}
-
-impl Reader {
-    fn open(input: Box<dyn Read>, format: Format, text: &Column) -> Result<Reader> {
-        match format {
-            Format::Csv | Format::Tsv => {
-                let mut rdr = crate::table::csv_reader(input, format);
-                let headers = rdr
-                    .byte_headers()
-                    .map_err(|e| ScoreError::Input(format!("cannot read the header: {e}")))?
-                    .clone();
-                let names: Vec<String> = headers
-                    .iter()
-                    .map(|h| {
-                        String::from_utf8_lossy(h)
-                            .trim_start_matches('\u{feff}')
-                            .trim()
-                            .to_string()
-                    })
-                    .collect();
-                let find = |c: &str| names.iter().position(|n| n == c);
-                let (text_idx, join) = match text {
-                    Column::Alternatives(a) => {
-                        (a.iter().find_map(|c| find(c)).into_iter().collect(), false)
-                    }
-                    Column::Join(j) => (j.iter().filter_map(|c| find(c)).collect::<Vec<_>>(), true),
-                };
-                if text_idx.is_empty() {
-                    return Err(ScoreError::Input(format!(
-                        "no text column {} in the header ({})",
-                        text.names(),
-                        names.join(", ")
-                    )));
-                }
-                Ok(Reader::Csv {
-                    rdr,
-                    headers,
-                    text_idx,
-                    join,
-                })
-            }
-            Format::Jsonl => Ok(Reader::Jsonl {
-                lines: BufReader::new(input),
-                line: 0,
-                text: text.clone(),
-            }),
+/// Opens the input's rows; a CSV/TSV header must have the text column.
+fn open_rows(input: Box<dyn Read>, opts: &ScoreOptions) -> Result<Rows<Box<dyn Read>>> {
+    let rows = Rows::new(input, opts.format, vec![opts.text.clone()], &[false])
+        .map_err(|e| ScoreError::Input(e.to_string()))?;
+    if let Some(names) = rows.header_names() {
+        if !rows.has_column(0) {
+            return Err(ScoreError::Input(format!(
+                "no text column {} in the header ({})",
+                opts.text.names(),
+                names.join(", ")
+            )));
         }
     }
-
-    fn header(&self) -> Option<&csv::ByteRecord> {
-        match self {
-            Reader::Csv { headers, .. } => Some(headers),
-            Reader::Jsonl { .. } => None,
-        }
-    }
-
-    fn next(&mut self) -> Option<Row> {
-        match self {
-            Reader::Csv {
-                rdr,
-                text_idx,
-                join,
-                ..
-            } => {
-                let mut rec = csv::ByteRecord::new();
-                match rdr.read_byte_record(&mut rec) {
-                    Ok(false) => None,
-                    Err(e) => {
-                        let line = e.position().map_or(0, |p| p.line());
-                        if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                            return None;
-                        }
-                        Some(Row {
-                            line,
-                            record: Record::Broken,
-                            text: Err("malformed row"),
-                        })
-                    }
-                    Ok(true) => {
-                        let line = rec.position().map_or(0, |p| p.line());
-                        let mut parts = Vec::new();
-                        let mut text = Ok(());
-                        for &i in text_idx.iter() {
-                            match rec.get(i).map(std::str::from_utf8) {
-                                Some(Ok(s)) => parts.push(s),
-                                Some(Err(_)) => text = Err("invalid UTF-8"),
-                                None => text = Err("missing text column"),
-                            }
-                        }
-                        let text = text.and_then(|()| {
-                            let t = if *join {
-                                crate::table::join_parts(parts.into_iter())
-                            } else {
-                                parts
-                                    .first()
-                                    .map_or(String::new(), |s| s.trim().to_string())
-                            };
-                            if t.is_empty() {
-                                Err("empty text")
-                            } else {
-                                Ok(t)
-                            }
-                        });
-                        Some(Row {
-                            line,
-                            record: Record::Csv(rec),
-                            text,
-                        })
-                    }
-                }
-            }
-            Reader::Jsonl { lines, line, text } => loop {
-                let mut buf = Vec::new();
-                match lines.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-                *line += 1;
-                let broken = |reason| Row {
-                    line: *line,
-                    record: Record::Broken,
-                    text: Err(reason),
-                };
-                let Ok(s) = std::str::from_utf8(&buf) else {
-                    return Some(broken("invalid UTF-8"));
-                };
-                if s.trim().is_empty() {
-                    continue;
-                }
-                let Ok(serde_json::Value::Object(obj)) =
-                    serde_json::from_str(s.trim_start_matches('\u{feff}'))
-                else {
-                    return Some(broken("not a JSON object"));
-                };
-                let get = |c: &str| obj.get(c).and_then(|v| v.as_str()).map(str::trim);
-                let t = match text {
-                    Column::Alternatives(a) => a.iter().find_map(|c| get(c)).map(String::from),
-                    Column::Join(j) => {
-                        Some(crate::table::join_parts(j.iter().filter_map(|c| get(c))))
-                    }
-                };
-                let t = match t {
-                    None => Err("missing text column"),
-                    Some(t) if t.is_empty() => Err("empty text"),
-                    Some(t) => Ok(t),
-                };
-                return Some(Row {
-                    line: *line,
-                    record: Record::Json(obj),
-                    text: t,
-                });
-            },
-        }
-    }
+    Ok(rows)
 }
 
 /// Writes scored rows in the output format.
@@ -397,19 +273,43 @@ fn write_progress(path: &Path, p: &Progress) -> Result<()> {
 /// Scores a file. `classify` scores one window of texts; `progress` hears rows read so far.
 pub fn run(
     opts: &ScoreOptions,
-    mut classify: impl FnMut(Vec<String>) -> std::result::Result<Vec<Scored>, String>,
-    mut progress: impl FnMut(u64),
+    classify: impl FnMut(Vec<String>) -> std::result::Result<Vec<Scored>, String>,
+    progress: impl FnMut(u64),
 ) -> Result<Report> {
     let input: Box<dyn Read> = match &opts.input {
         Some(p) => Box::new(File::open(p).map_err(io(p.display()))?),
         None => Box::new(std::io::stdin()),
     };
-    let mut reader = Reader::open(input, opts.format, &opts.text)?;
+    run_reader(opts, input, classify, progress)
+}
+
+/// [`run`] on an open input (`opts.input` only names it in messages).
+fn run_reader(
+    opts: &ScoreOptions,
+    input: Box<dyn Read>,
+    mut classify: impl FnMut(Vec<String>) -> std::result::Result<Vec<Scored>, String>,
+    mut progress: impl FnMut(u64),
+) -> Result<Report> {
+    let mut rows = open_rows(input, opts)?;
+    let input_name = opts
+        .input
+        .as_ref()
+        .map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
+    let read_failed = |e: ReadError| ScoreError::Read {
+        file: input_name.clone(),
+        line: e.line,
+        source: e.source,
+        hint: if opts.output.is_some() {
+            "; the rows before the last checkpoint are kept: run again with --resume"
+        } else {
+            ""
+        },
+    };
     let mut report = Report::default();
     let window = opts.window.max(1);
 
     // Output: a file (checkpointed) or stdout.
-    let (mut start, ppath) = match &opts.output {
+    let (start, ppath) = match &opts.output {
         Some(out) => {
             let pp = progress_path(out);
             let start = if opts.resume {
@@ -465,35 +365,44 @@ pub fn run(
         None => Box::new(BufWriter::new(std::io::stdout())),
     };
     let mut w = Writer::new(sink, opts.output_format, &opts.labels);
-    if start.input_rows == 0 {
-        w.header(reader.header())
-            .map_err(io("writing the output"))?;
-    }
-    // Skip the rows a previous run consumed.
-    for _ in 0..start.input_rows {
-        if reader.next().is_none() {
-            return Err(ScoreError::Resume(
-                "the input has fewer rows than the checkpoint consumed: is it the same file?"
-                    .into(),
-            ));
-        }
-    }
     report.rows_read = start.input_rows;
     report.bad_rows = start.bad_rows;
     report.rows_scored = start.output_rows;
+    // A resumed output has its header (the first checkpoint counts it).
+    if !opts.resume {
+        w.header(rows.headers()).map_err(io("writing the output"))?;
+        w.flush().map_err(io("writing the output"))?;
+        checkpoint(opts, ppath.as_deref(), &report, false)?;
+    }
+    // Skip the rows a previous run consumed.
+    for _ in 0..start.input_rows {
+        match rows.next_row() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(read_failed(e)),
+            None => {
+                return Err(ScoreError::Resume(
+                    "the input has fewer rows than the checkpoint consumed: is it the same file?"
+                        .into(),
+                ))
+            }
+        }
+    }
 
     loop {
-        let mut rows = Vec::with_capacity(window);
-        while rows.len() < window {
-            match reader.next() {
-                Some(r) => rows.push(r),
+        let mut items = Vec::with_capacity(window);
+        while items.len() < window {
+            match rows.next_row() {
+                Some(Ok(r)) => items.push(Item::from_row(r)),
+                // Stop before this window is written: the last checkpoint stands, unfinished,
+                // and a resume reads this window again.
+                Some(Err(e)) => return Err(read_failed(e)),
                 None => break,
             }
         }
-        if rows.is_empty() {
+        if items.is_empty() {
             break;
         }
-        let texts: Vec<String> = rows
+        let texts: Vec<String> = items
             .iter()
             .filter_map(|r| r.text.as_ref().ok().cloned())
             .collect();
@@ -503,7 +412,7 @@ pub fn run(
             classify(texts).map_err(ScoreError::Model)?
         };
         let mut it = scored.into_iter();
-        for r in &rows {
+        for r in &items {
             match &r.text {
                 Ok(t) => {
                     let s = it
@@ -526,33 +435,44 @@ pub fn run(
                 }
             }
         }
-        report.rows_read += rows.len() as u64;
+        report.rows_read += items.len() as u64;
         w.flush().map_err(io("writing the output"))?;
-        if let (Some(pp), Some(out)) = (&ppath, &opts.output) {
-            // The data reaches the disk before the checkpoint that counts it.
-            let f = File::options()
-                .read(true)
-                .open(out)
-                .map_err(io(out.display()))?;
-            f.sync_data().map_err(io(out.display()))?;
-            let len = f.metadata().map_err(io(out.display()))?.len();
-            start = Progress {
-                input_rows: report.rows_read,
-                output_rows: report.rows_scored,
-                output_bytes: len,
-                bad_rows: report.bad_rows,
-                done: false,
-            };
-            write_progress(pp, &start)?;
-        }
+        checkpoint(opts, ppath.as_deref(), &report, false)?;
         progress(report.rows_read);
     }
     w.flush().map_err(io("writing the output"))?;
-    if let Some(pp) = &ppath {
-        start.done = true;
-        write_progress(pp, &start)?;
-    }
+    checkpoint(opts, ppath.as_deref(), &report, true)?;
     Ok(report)
+}
+
+/// Records `report`'s counts as the checkpoint of a file output (`ppath`; none for stdout). The
+/// output is flushed by the caller; its data reaches the disk before the checkpoint that counts
+/// it.
+fn checkpoint(
+    opts: &ScoreOptions,
+    ppath: Option<&Path>,
+    report: &Report,
+    done: bool,
+) -> Result<()> {
+    let (Some(pp), Some(out)) = (ppath, &opts.output) else {
+        return Ok(());
+    };
+    let f = File::options()
+        .read(true)
+        .open(out)
+        .map_err(io(out.display()))?;
+    f.sync_data().map_err(io(out.display()))?;
+    let len = f.metadata().map_err(io(out.display()))?.len();
+    write_progress(
+        pp,
+        &Progress {
+            input_rows: report.rows_read,
+            output_rows: report.rows_scored,
+            output_bytes: len,
+            bad_rows: report.bad_rows,
+            done,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -665,5 +585,123 @@ mod tests {
             run(&resumed, fake, |_| {}),
             Err(ScoreError::Resume(_))
         ));
+    }
+
+    fn ids(out: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(out).expect("out");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("id,")).count(),
+            1,
+            "one header"
+        );
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_read_error_mid_file_fails_the_run_and_resume_finishes_it_exactly_once() {
+        let mut input = String::from("id,review\n");
+        for i in 0..50 {
+            input.push_str(&format!("{i},review number {i}\n"));
+        }
+        let want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+        // The disk fails inside row 30 (line 32, the fourth window), and inside row 2 (the
+        // first window: only the header is checkpointed).
+        for (row, checkpointed) in [(30, 24), (2, 0)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let o = opts(dir.path(), &input, 8);
+            let at = input.find(&format!("\n{row},")).expect("row") + 5;
+            let failing = crate::table::FailingReader {
+                data: input.as_bytes().to_vec(),
+                pos: 0,
+                fail_at: at,
+            };
+            let err = run_reader(&o, Box::new(failing), fake, |_| {})
+                .expect_err("a read error fails the run");
+            let ScoreError::Read { file, line, .. } = &err else {
+                panic!("not a read error: {err}");
+            };
+            assert!(file.ends_with("in.csv"), "{file}");
+            assert_eq!(*line, row + 2);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("in.csv") && msg.contains(&format!("line {}", row + 2)),
+                "{msg}"
+            );
+            assert!(msg.contains("injected read failure") && msg.contains("--resume"));
+
+            let out = dir.path().join("out.csv");
+            assert!(!finished(&out), "a failed run is not done");
+            let p: Progress =
+                serde_json::from_slice(&std::fs::read(progress_path(&out)).expect("checkpoint"))
+                    .expect("json");
+            assert_eq!((p.input_rows, p.done), (checkpointed, false));
+
+            let resumed = ScoreOptions {
+                resume: true,
+                ..o.clone()
+            };
+            let r = run(&resumed, fake, |_| {}).expect("resume");
+            assert_eq!(
+                (r.resumed_from, r.rows_read, r.rows_scored),
+                (checkpointed, 50, 50)
+            );
+            assert_eq!(ids(&out), want, "row {row}: every row once, in order");
+            assert!(finished(&out));
+        }
+    }
+
+    #[test]
+    fn jsonl_rows_keep_their_fields_and_bad_lines_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inp = dir.path().join("in.jsonl");
+        std::fs::write(
+            &inp,
+            "{\"id\":1,\"review\":\" great \"}\n\nnot json\n{\"id\":2}\n{\"id\":3,\"review\":\"bad\"}\n",
+        )
+        .expect("write");
+        let o = ScoreOptions {
+            input: Some(inp),
+            output: Some(dir.path().join("out.jsonl")),
+            format: Format::Jsonl,
+            output_format: Format::Jsonl,
+            text: Column::parse("review"),
+            window: 2,
+            strict: false,
+            resume: false,
+            labels: vec!["negative".into(), "positive".into()],
+        };
+        let r = run(&o, fake, |_| {}).expect("run");
+        assert_eq!((r.rows_read, r.rows_scored, r.bad_rows), (4, 2, 2));
+        assert_eq!(
+            r.bad_examples,
+            vec![
+                (3, "not a JSON object".to_string()),
+                (4, "missing text column".to_string())
+            ]
+        );
+        let out = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
+        let rows: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["id"], 1);
+        assert_eq!(rows[0]["review"], " great ");
+        assert_eq!(rows[0]["sentiment"]["label"], "positive");
+        assert_eq!(rows[1]["sentiment"]["label"], "negative");
+    }
+
+    #[test]
+    fn a_missing_text_column_names_the_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = opts(dir.path(), "id,body\n1,x\n", 2);
+        let err = run(&o, fake, |_| {}).expect_err("no review column");
+        assert_eq!(
+            err.to_string(),
+            "no text column review in the header (id, body)"
+        );
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Result, ScoreError};
 use crate::table::{Column, Format};
+use crate::text::html_escape as esc;
 
 /// Reviews kept per group as "most negative".
 pub const WORST: usize = 5;
@@ -189,14 +190,6 @@ pub fn summarise(
         overall: overall.group("all".into()),
         groups,
     })
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 const COLORS: [(&str, &str); 3] = [

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use super::error::ApiError;
 // The same five characters need escaping in SVG text and attributes.
 use super::App;
-use crate::nlu::metrics::html_escape;
+use crate::text::html_escape;
 
 struct Asset {
     /// Path under `web/`.
@@ -46,9 +46,11 @@ static CONSOLE_JS: Asset = asset!("console/console.js", JS);
 static CONSOLE_CSS: Asset = asset!("console/console.css", CSS);
 
 /// Our pages load nothing from elsewhere and run no inline script: shopper text that slipped
-/// into the DOM as markup still could not run.
+/// into the DOM as markup still could not run. They connect only to us: `connect-src 'self'`
+/// covers our own `ws:`/`wss:` origin (CSP Level 3), where `ws: wss:` allowed a socket to any
+/// host, a channel out for anything injected.
 const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
+     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
      base-uri 'none'; form-action 'none'";
 
 pub fn router() -> Router<Arc<App>> {
@@ -194,6 +196,16 @@ mod tests {
         assert!(svg.contains("&lt;script&gt;"));
         assert!(svg.contains("tops&quot;&gt;&lt;x"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+
+    #[test]
+    fn pages_connect_only_to_their_own_origin() {
+        let connect = PAGE_CSP
+            .split(';')
+            .map(str::trim)
+            .find(|d| d.starts_with("connect-src"))
+            .expect("a connect-src directive");
+        assert_eq!(connect, "connect-src 'self'");
     }
 
     #[test]
