@@ -10,7 +10,11 @@
 //!
 //!   cargo bench --bench load -- --sessions 100,1000 --messages 10 --think-ms 100-700
 //!
-//! Under `cargo test --benches` it runs a smoke version (5 sessions, 2 messages).
+//! `--flood N` adds N clients that call `POST /v1/sentiment` (32 reviews each) in a loop for
+//! the whole run, as fast as they are answered: chat turns must stay fast while the API is
+//! hammered (the NLU's chat lane; 429 answers count as the flood being held off).
+//!
+//! Under `cargo test --benches` it runs a smoke version (5 sessions, 2 messages, 2 flooders).
 
 mod common;
 
@@ -324,8 +328,69 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e3
 }
 
+/// Answers the API flood got: 200s, 429s (with Retry-After), others.
+#[derive(Default)]
+struct FloodTally {
+    ok: std::sync::atomic::AtomicU64,
+    too_many: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
+}
+
+/// `n` threads posting review batches to /v1/sentiment until `stop`.
+fn flood(
+    addr: SocketAddr,
+    n: usize,
+    reviews: Arc<Vec<String>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<FloodTally>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    (0..n)
+        .map(|i| {
+            let (reviews, stop, tally) = (reviews.clone(), stop.clone(), tally.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let url = format!("http://{addr}/v1/sentiment");
+                let mut k = i * 32;
+                while !stop.load(Relaxed) {
+                    let texts: Vec<&String> =
+                        (0..32).map(|j| &reviews[(k + j) % reviews.len()]).collect();
+                    k += 32;
+                    let body = json!({ "texts": texts }).to_string();
+                    match agent
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(body)
+                    {
+                        Ok(mut r) => {
+                            let _ = r.body_mut().read_to_string();
+                            match r.status().as_u16() {
+                                200 => tally.ok.fetch_add(1, Relaxed),
+                                429 => tally.too_many.fetch_add(1, Relaxed),
+                                _ => tally.other.fetch_add(1, Relaxed),
+                            };
+                        }
+                        Err(_) => {
+                            tally.other.fetch_add(1, Relaxed);
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 fn main() {
     let args = BenchArgs::parse();
+    let flooders: usize = if args.smoke {
+        2
+    } else {
+        args.num("--flood", 0)
+    };
     let sessions: Vec<usize> = if args.smoke {
         vec![5]
     } else {
@@ -373,6 +438,9 @@ fn main() {
         let server = start_server(dir.path(), &index, &model, sync_normal);
         let addr = server.addr;
         let cpu0 = cpu_seconds(server.child.id());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tally = Arc::new(FloodTally::default());
+        let flood_threads = flood(addr, flooders, msgs.clone(), stop.clone(), tally.clone());
         let t = Instant::now();
         let results: Vec<SessionResult> = rt.block_on(async {
             let tasks: Vec<_> = (0..n)
@@ -385,6 +453,10 @@ fn main() {
             out
         });
         let wall = t.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for th in flood_threads {
+            let _ = th.join();
+        }
         let mut lat: Vec<u64> = results
             .iter()
             .flat_map(|r| r.latencies_us.clone())
@@ -409,6 +481,16 @@ fn main() {
             cpu / lat.len().max(1) as f64 * 1e3,
             cpu / wall / 2.0 * 100.0
         );
+        if flooders > 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            println!(
+                "  API flood: {flooders} clients on /v1/sentiment (32 texts per call): {} answered 200 ({:.1}/s), {} answered 429, {} other",
+                tally.ok.load(Relaxed),
+                tally.ok.load(Relaxed) as f64 / wall,
+                tally.too_many.load(Relaxed),
+                tally.other.load(Relaxed)
+            );
+        }
         for e in errors.iter().take(5) {
             println!("  error: {e}");
         }

@@ -2,12 +2,16 @@
 //!
 //! One folder per capability; the binary (`src/main.rs`, `src/cli/`) maps commands onto them.
 
+pub mod blocking;
 pub mod config;
+pub mod conversation;
 pub mod dialogue;
 pub mod faq;
 pub mod nlu;
+pub mod protocol;
 pub mod recommend;
 pub mod score;
+pub mod secure;
 pub mod server;
 pub mod simd;
 pub mod store;

@@ -173,6 +173,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Make a bearer token for an agent and the config line holding its hash.
     AgentToken(serve::AgentTokenArgs),
+    /// Make an API key (for /v1/classify, /v1/sentiment, /v1/recommendations) and the config
+    /// line holding its hash. Also used for admin tokens (`--admin NAME:SHA256`).
+    ApiKey(serve::ApiKeyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -217,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             serve::run(a, &settings, &file)
         }
         Command::AgentToken(a) => serve::agent_token(a),
+        Command::ApiKey(a) => serve::api_key(a),
     }
 }
 

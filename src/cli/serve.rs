@@ -10,7 +10,7 @@ use clap::Args;
 use shopdesk::config::FileConfig;
 use shopdesk::nlu::NluConfig;
 use shopdesk::server::auth::{hash_token, new_token};
-use shopdesk::server::{self, AgentEntry, EngineConfig, Limits, ServerConfig};
+use shopdesk::server::{self, AgentEntry, EngineConfig, Limits, ServerConfig, TrustedProxies};
 
 use super::Settings;
 
@@ -44,9 +44,50 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
-    /// Key that signs session tokens (default: generated once, kept in the database).
+    /// Key that signs session tokens, at least 32 characters (default: generated once from the
+    /// OS CSPRNG and kept in the database). Prefer --session-secret-file.
     #[arg(long, env = "SHOPDESK_SESSION_SECRET", hide_env_values = true)]
     session_secret: Option<String>,
+    /// A file holding the session-signing key (first line; e.g. `openssl rand -hex 32 > FILE`,
+    /// mode 600), so the key need not sit in the database.
+    #[arg(
+        long,
+        env = "SHOPDESK_SESSION_SECRET_FILE",
+        conflicts_with = "session_secret"
+    )]
+    session_secret_file: Option<PathBuf>,
+    /// The SHA-256 (hex) of an API key (repeatable; `shopdesk api-key` makes one). When set,
+    /// /v1/classify, /v1/sentiment and /v1/recommendations need `Authorization: Bearer KEY`.
+    #[arg(
+        long = "api-key",
+        value_name = "SHA256",
+        env = "SHOPDESK_API_KEYS",
+        value_delimiter = ','
+    )]
+    api_keys: Vec<String>,
+    /// An operator allowed on /v1/admin (reload), as NAME:SHA256-OF-TOKEN (repeatable).
+    #[arg(
+        long = "admin",
+        value_name = "NAME:SHA256",
+        env = "SHOPDESK_ADMINS",
+        value_delimiter = ','
+    )]
+    admins: Vec<String>,
+    /// A proxy (CIDR or address, repeatable) whose X-Forwarded-For names the real client: rate
+    /// limits then key on that client, and the proxy is not capped per address.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "SHOPDESK_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
+    /// Seconds a client has to send a request's headers (idle keep-alive connections included).
+    #[arg(long, env = "SHOPDESK_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
+    /// Open connections allowed from one address (0: no cap).
+    #[arg(long, env = "SHOPDESK_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
     /// Days a session token stays valid.
     #[arg(long, default_value_t = 30)]
     session_days: u64,
@@ -84,6 +125,16 @@ pub struct ServerFile {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     pub session_secret: Option<String>,
+    pub session_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub admins: Vec<AgentEntry>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub header_timeout_secs: Option<u64>,
+    pub max_connections_per_ip: Option<usize>,
+    pub api_per_minute: Option<u32>,
     pub max_message_chars: Option<usize>,
     pub session_messages_per_minute: Option<u32>,
     pub ip_messages_per_minute: Option<u32>,
@@ -140,16 +191,50 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
     if let Some(v) = f.idle_timeout_secs {
         limits.idle_timeout = Duration::from_secs(v.max(1));
     }
+    if let Some(v) = f.api_per_minute {
+        limits.ip_api_per_minute = v;
+    }
+    if let Some(v) = a.header_timeout_secs.or(f.header_timeout_secs) {
+        limits.conn.header_read_timeout = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = a.max_connections_per_ip.or(f.max_connections_per_ip) {
+        limits.conn.max_per_ip = v;
+    }
     if a.no_rate_limits {
         limits.session_per_minute = 0;
         limits.ip_messages_per_minute = 0;
         limits.ip_connections_per_minute = 0;
+        limits.ip_api_per_minute = 0;
+        limits.conn.max_per_ip = 0;
     }
+    let mut admins = f.admins;
+    for x in &a.admins {
+        admins.push(parse_agent(x)?);
+    }
+    let mut trusted_proxies = TrustedProxies::default();
+    for t in f.trusted_proxies.iter().chain(&a.trusted_proxies) {
+        trusted_proxies.extend(
+            t.parse::<TrustedProxies>()
+                .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
+        );
+    }
+    let mut api_keys = f.api_keys;
+    api_keys.extend(a.api_keys.iter().cloned());
+    let secret_file = a.session_secret_file.clone().or(f.session_secret_file);
+    let session_secret = match (&a.session_secret, secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(path)) => Some(read_secret_file(&path)?),
+        (None, None) => f.session_secret,
+    };
     let mut nlu = NluConfig::new(s.encoder.clone(), &s.models_root);
     nlu.device = s.device;
     nlu.precision = s.precision.unwrap_or(shopdesk::nlu::Precision::Bf16);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     nlu.workers = a.nlu_workers.unwrap_or(cores.min(4)).max(1);
+    // One worker stays free for chat turns however much API work is queued; a small batch
+    // lane answers 429 instead of queueing without bound.
+    nlu.batch_workers = Some(nlu.workers.saturating_sub(1).max(1));
+    nlu.batch_queue_capacity = 32;
     let mut allowed_origins = f.allowed_origins;
     allowed_origins.extend(a.allowed_origins.iter().cloned());
     Ok(ServerConfig {
@@ -171,13 +256,31 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
                 .or(f.recommend_dir)
                 .unwrap_or_else(|| s.models_root.join("recommend")),
         },
-        session_secret: a.session_secret.clone().or(f.session_secret),
+        session_secret,
         session_ttl: Duration::from_secs(a.session_days.max(1) * 86_400),
         agents,
+        admins,
+        api_keys,
+        trusted_proxies,
         allowed_origins,
         limits,
         web_dir: a.web_dir.clone(),
     })
+}
+
+/// The session key from a file: its first line, trimmed; at least 32 characters.
+fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the session secret file {}", path.display()))?;
+    let key = text.lines().next().unwrap_or("").trim().to_string();
+    if key.len() < 32 {
+        bail!(
+            "{}: the session secret needs at least 32 characters (make one with `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 pub fn run(a: ServeArgs, s: &Settings, file: &FileConfig) -> Result<()> {
@@ -233,6 +336,22 @@ pub struct AgentTokenArgs {
     name: String,
 }
 
+#[derive(Args)]
+pub struct ApiKeyArgs {}
+
+/// Prints a new API key and the line that configures its hash.
+pub fn api_key(_a: ApiKeyArgs) -> Result<()> {
+    let key = new_token();
+    println!("API key (shown once; it is not stored anywhere): {key}");
+    println!();
+    println!("shopdesk.toml:");
+    println!("[server]");
+    println!("api_keys = [\"{}\"]", hash_token(&key));
+    println!();
+    println!("or: shopdesk serve --api-key {}", hash_token(&key));
+    Ok(())
+}
+
 /// Prints a new bearer token and the line that configures its hash.
 pub fn agent_token(a: AgentTokenArgs) -> Result<()> {
     let name = a.name.trim();
@@ -240,7 +359,7 @@ pub fn agent_token(a: AgentTokenArgs) -> Result<()> {
         bail!("--name must be non-empty without ':' or ','");
     }
     let token = new_token();
-    println!("token (give it to {name}; it is not stored anywhere): {token}");
+    println!("token (shown once; give it to {name}; it is not stored anywhere): {token}");
     println!();
     println!("shopdesk.toml:");
     println!("[[server.agents]]");

@@ -18,8 +18,7 @@ pub mod train;
 pub mod worker;
 
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -32,7 +31,8 @@ pub use hub::{EncoderSource, DEFAULT_ENCODER};
 
 use error::Result;
 use head::Head;
-use worker::{Command, HeadSlot, Worker, WorkerStats};
+pub use worker::Lane;
+use worker::{Command, HeadSlot, Queue, Worker, WorkerStats};
 
 /// One label with its confidence.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -76,8 +76,13 @@ pub struct NluConfig {
     pub workers: usize,
     /// Arithmetic of the encoder's linear layers.
     pub precision: Precision,
-    /// Most queued requests before callers get `Overloaded`.
+    /// Most queued chat requests before callers get `Overloaded`.
     pub queue_capacity: usize,
+    /// Most queued batch requests (API calls, CLI work) before callers get `Overloaded`.
+    pub batch_queue_capacity: usize,
+    /// Most workers computing batch work at once (`None`: all). The server keeps one worker
+    /// for chat turns: see `worker.rs`.
+    pub batch_workers: Option<usize>,
     pub limits: BatchLimits,
 }
 
@@ -92,6 +97,8 @@ impl NluConfig {
             workers: 1,
             precision: Precision::F32,
             queue_capacity: 1024,
+            batch_queue_capacity: 1024,
+            batch_workers: None,
             limits: BatchLimits::default(),
         }
     }
@@ -113,9 +120,18 @@ pub struct NluInfo {
 /// Handle to the NLU worker. Cheap to clone; the worker stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct Nlu {
-    tx: SyncSender<Command>,
+    queue: Arc<Closer>,
     info: Arc<NluInfo>,
     stats: Arc<WorkerStats>,
+}
+
+/// Closes the queue when the last handle goes, so the workers stop.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Nlu {
@@ -172,12 +188,18 @@ impl Nlu {
             max_batch_tokens: cfg.limits.max_tokens * 4,
             stats: stats.clone(),
         };
-        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
-        let rx = Arc::new(Mutex::new(rx));
-        let worker = Arc::new(worker);
         let workers = cfg.workers.max(1);
+        let batch_workers = cfg.batch_workers.unwrap_or(workers).clamp(1, workers);
+        let queue = Arc::new(Queue::new(
+            cfg.queue_capacity,
+            cfg.batch_queue_capacity,
+            batch_workers,
+        ));
+        let worker = Arc::new(worker);
         for i in 0..workers {
-            let (worker, rx) = (worker.clone(), rx.clone());
+            let (worker, rx) = (worker.clone(), queue.clone());
+            // The last `batch_workers` workers take batch work (and chat work first).
+            let allow_batch = i >= workers - batch_workers;
             // One worker computes each batch with every core (rayon's global pool). Several
             // workers each get a one-thread pool of their own and take whole batches: no
             // thread wake-ups inside a forward pass, which is what small batches pay most for
@@ -195,14 +217,17 @@ impl Nlu {
             };
             std::thread::Builder::new()
                 .name(format!("nlu-worker-{i}"))
-                .spawn(move || match pool {
-                    Some(p) => p.install(|| worker.run(&rx)),
-                    None => worker.run(&rx),
+                .spawn(move || {
+                    let run = || worker.run(&rx, allow_batch);
+                    match pool {
+                        Some(p) => p.install(run),
+                        None => run(),
+                    }
                 })
                 .map_err(|e| NluError::Invalid(format!("cannot start the NLU worker: {e}")))?;
         }
         Ok(Nlu {
-            tx,
+            queue: Arc::new(Closer(queue)),
             info: Arc::new(info),
             stats,
         })
@@ -216,50 +241,59 @@ impl Nlu {
         &self.stats
     }
 
-    fn send(&self, cmd: Command) -> Result<()> {
-        self.tx.try_send(cmd).map_err(|e| match e {
-            TrySendError::Full(_) => NluError::Overloaded,
-            TrySendError::Disconnected(_) => NluError::WorkerGone,
-        })
+    /// Queued commands in each lane (chat, batch).
+    pub fn queue_depth(&self) -> (usize, usize) {
+        self.queue.0.depth()
+    }
+
+    fn send(&self, lane: Lane, cmd: Command) -> Result<()> {
+        self.queue.0.push(lane, cmd)
     }
 
     fn classify_cmd(
         &self,
         texts: Vec<String>,
         embed: bool,
+        lane: Lane,
     ) -> Result<Pending<Vec<Classification>>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Classify {
-            texts,
-            embed,
-            span: tracing::Span::current(),
-            enqueued: Instant::now(),
-            reply,
-        })?;
+        self.send(
+            lane,
+            Command::Classify {
+                texts,
+                embed,
+                span: tracing::Span::current(),
+                enqueued: Instant::now(),
+                reply,
+            },
+        )?;
         Ok(rx)
     }
 
     fn embed_cmd(&self, texts: Vec<String>) -> Result<Pending<Vec<Vec<f32>>>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Embed {
-            texts,
-            span: tracing::Span::current(),
-            reply,
-        })?;
+        self.send(
+            Lane::Batch,
+            Command::Embed {
+                texts,
+                span: tracing::Span::current(),
+                reply,
+            },
+        )?;
         Ok(rx)
     }
 
-    /// Intent and sentiment of each text.
+    /// Intent and sentiment of each text (the batch lane: API calls).
     pub async fn classify(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        self.classify_cmd(texts, false)?
+        self.classify_cmd(texts, false, Lane::Batch)?
             .await
             .map_err(|_| NluError::WorkerGone)?
     }
 
     /// `classify` plus each text's base-encoder embedding, from the same forward pass when the
-    /// heads read the base encoder.
+    /// heads read the base encoder. The chat lane: shopper turns, served before batch work.
     pub async fn classify_embed(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        self.classify_cmd(texts, true)?
+        self.classify_cmd(texts, true, Lane::Chat)?
             .await
             .map_err(|_| NluError::WorkerGone)?
     }
@@ -280,7 +314,7 @@ impl Nlu {
 
     /// `classify` for callers outside an async runtime (the CLI).
     pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
-        self.classify_cmd(texts, false)?
+        self.classify_cmd(texts, false, Lane::Batch)?
             .blocking_recv()
             .map_err(|_| NluError::WorkerGone)?
     }

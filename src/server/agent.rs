@@ -1,6 +1,7 @@
 //! The agent API under `/v1/agent`: escalations, transcripts, claim / reply / resolve, relabels
-//! and a live websocket of events. Every call needs `Authorization: Bearer <token>` (the live
-//! stream also takes `?access_token=`, since browsers cannot set headers on websockets).
+//! and a live websocket of events. Every call needs `Authorization: Bearer <token>`; the live
+//! stream alone also takes `?access_token=`, since browsers cannot set headers on websockets.
+//! Claim, reply and resolve are the conversation service's; this file parses and routes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +16,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::api::Body;
-use super::chat::{parse_state, status_name};
 use super::error::ApiError;
-use super::live::AgentEvent;
-use super::protocol::ServerFrame;
 use super::App;
-use crate::store::{Escalation, Message as StoredMessage, NewMessage};
+use crate::conversation::{parse_state, AgentEvent};
+use crate::store::{Escalation, Message as StoredMessage};
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -41,28 +40,34 @@ impl FromRequestParts<Arc<App>> for Agent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        agent_named(app, super::auth::bearer(&parts.headers))
+    }
+}
+
+fn agent_named(app: &App, token: Option<&str>) -> Result<Agent, ApiError> {
+    match token.and_then(|t| app.agents.agent(t)) {
+        Some(name) => Ok(Agent(name.to_string())),
+        None => {
+            app.metrics.error("unauthorized");
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// The live stream's agent: the bearer header, or `?access_token=` (only here: browsers
+/// cannot set headers on a websocket, and a token in a URL must not work anywhere else).
+pub struct StreamAgent(pub String);
+
+impl FromRequestParts<Arc<App>> for StreamAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let query = parts
             .uri
             .query()
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
-        let token = header.or(if parts.uri.path().ends_with("/stream") {
-            query
-        } else {
-            None
-        });
-        match token.and_then(|t| app.agents.agent(t)) {
-            Some(name) => Ok(Agent(name.to_string())),
-            None => {
-                app.metrics.error("unauthorized");
-                Err(ApiError::Unauthorized)
-            }
-        }
+        let token = super::auth::bearer(&parts.headers).or(query);
+        agent_named(app, token).map(|Agent(a)| StreamAgent(a))
     }
 }
 
@@ -123,9 +128,9 @@ async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut items = Vec::new();
     let now = crate::store::now_ms();
-    for e in app.store.escalations(filter, limit).await? {
-        let conv = app.store.conversation(&e.conversation_id).await?;
-        let last = app.store.messages(&e.conversation_id, 10).await?;
+    for e in app.store().escalations(filter, limit).await? {
+        let conv = app.store().conversation(&e.conversation_id).await?;
+        let last = app.store().messages(&e.conversation_id, 10).await?;
         let shopper = last.iter().rev().find(|m| m.role == "shopper");
         let until = e.resolved_at.unwrap_or(now);
         items.push(ListItem {
@@ -139,10 +144,12 @@ async fn list(
     }
     match q.sort.as_deref().unwrap_or("waiting") {
         "waiting" => items.sort_by(|a, b| b.waiting_seconds.total_cmp(&a.waiting_seconds)),
-        // Sentiment scores are the probability of "negative": higher is angrier.
+        // An escalation's sentiment score is P(negative) of the message that escalated it:
+        // higher is angrier. Escalations without one (after unhelpful answers) come last.
         "sentiment" => items.sort_by(|a, b| {
-            let s = |x: &ListItem| x.escalation.sentiment_score.unwrap_or(0.0);
+            let s = |x: &ListItem| x.escalation.sentiment_score.unwrap_or(-1.0);
             s(b).total_cmp(&s(a))
+                .then(b.waiting_seconds.total_cmp(&a.waiting_seconds))
         }),
         other => {
             return Err(ApiError::BadRequest(format!(
@@ -154,7 +161,7 @@ async fn list(
 }
 
 async fn escalation(app: &App, id: &str) -> Result<Escalation, ApiError> {
-    app.store
+    app.store()
         .escalation(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("escalation {id} not found")))
@@ -169,15 +176,15 @@ async fn transcript(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let e = escalation(&app, &id).await?;
     let conv = app
-        .store
+        .store()
         .conversation(&e.conversation_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
     let st = parse_state(&conv.state);
-    let messages: Vec<StoredMessage> = app.store.messages(&conv.id, 10_000).await?;
+    let messages: Vec<StoredMessage> = app.store().messages(&conv.id, 10_000).await?;
     // The latest correction of each label wins, as in `train --feedback`.
     let mut corrected: HashMap<String, serde_json::Map<String, serde_json::Value>> = HashMap::new();
-    for r in app.store.conversation_relabels(&conv.id).await? {
+    for r in app.store().conversation_relabels(&conv.id).await? {
         let c = corrected.entry(r.message_id).or_default();
         if let Some(i) = r.intent {
             c.insert("intent".into(), i.into());
@@ -211,78 +218,13 @@ async fn transcript(
     })))
 }
 
-/// Runs `f` on the conversation's dialogue state under its lock and stores the result.
-async fn with_state(
-    app: &App,
-    conversation_id: &str,
-    f: impl FnOnce(&crate::dialogue::Policy, &mut crate::dialogue::State),
-) -> Result<(), ApiError> {
-    let engine = app.engine()?;
-    let conv = app
-        .store
-        .conversation(conversation_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
-    let mut st = parse_state(&conv.state);
-    f(&engine.policy, &mut st);
-    let json = serde_json::to_string(&st).map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.store
-        .set_state(conversation_id, status_name(st.status), &json)
-        .await?;
-    Ok(())
-}
-
-enum Transition {
-    Claim,
-    Resolve,
-}
-
-/// Claims or resolves under the conversation's lock: the escalation row and the dialogue state
-/// change together, never interleaved with a shopper's turn.
-async fn transition(
-    app: &App,
-    e: &Escalation,
-    agent: &str,
-    t: Transition,
-) -> Result<Escalation, ApiError> {
-    let entry = app.live.conversation(&e.conversation_id);
-    let r = async {
-        let _g = entry.lock.lock().await;
-        app.engine()?;
-        let done = match t {
-            Transition::Claim => app.store.claim(&e.id, agent).await?,
-            Transition::Resolve => app.store.resolve(&e.id, agent).await?,
-        };
-        with_state(app, &e.conversation_id, |p, st| match t {
-            Transition::Claim => p.agent_claimed(st),
-            Transition::Resolve => p.resolved(st),
-        })
-        .await?;
-        Ok::<_, ApiError>(done)
-    }
-    .await;
-    app.live.release(&e.conversation_id, entry);
-    r
-}
-
 async fn claim(
     State(app): State<Arc<App>>,
     Agent(agent): Agent,
     Path(id): Path<String>,
 ) -> Result<Json<Escalation>, ApiError> {
-    let e = escalation(&app, &id).await?;
-    let e = transition(&app, &e, &agent, Transition::Claim).await?;
-    app.live.send(
-        &e.conversation_id,
-        ServerFrame::AgentJoined {
-            agent: agent.clone(),
-        },
-    );
-    app.live.agent_event(AgentEvent::Claimed {
-        escalation: e.clone(),
-    });
-    tracing::info!(escalation = %e.id, %agent, "claimed");
-    Ok(Json(e))
+    let brain = app.brain()?;
+    Ok(Json(app.service.claim(&brain, &id, &agent).await?))
 }
 
 #[derive(Deserialize)]
@@ -307,50 +249,7 @@ async fn reply(
             "a reply has at most {max} characters"
         )));
     }
-    let e = escalation(&app, &id).await?;
-    match (e.status.as_str(), e.agent.as_deref()) {
-        ("claimed", Some(a)) if a == agent => {}
-        ("claimed", Some(a)) => {
-            return Err(ApiError::Conflict(format!(
-                "escalation {id} is claimed by {a}"
-            )))
-        }
-        (s, _) => {
-            return Err(ApiError::Conflict(format!(
-                "escalation {id} is {s}; claim it before replying"
-            )))
-        }
-    }
-    let mid = app
-        .store
-        .add_message(
-            &e.conversation_id,
-            &NewMessage {
-                role: "agent".into(),
-                author: Some(agent.clone()),
-                text: text.clone(),
-                ..NewMessage::default()
-            },
-        )
-        .await?;
-    let m = app
-        .store
-        .message(&mid)
-        .await?
-        .ok_or_else(|| ApiError::Internal("stored message vanished".into()))?;
-    app.live.send(
-        &e.conversation_id,
-        ServerFrame::AgentMessage {
-            id: mid,
-            text,
-            agent,
-        },
-    );
-    app.live.agent_event(AgentEvent::Message {
-        escalation_id: e.id,
-        message: m.clone(),
-    });
-    Ok(Json(m))
+    Ok(Json(app.service.agent_reply(&id, &agent, &text).await?))
 }
 
 async fn resolve(
@@ -358,21 +257,8 @@ async fn resolve(
     Agent(agent): Agent,
     Path(id): Path<String>,
 ) -> Result<Json<Escalation>, ApiError> {
-    let e = escalation(&app, &id).await?;
-    if let (Some(owner), "claimed") = (e.agent.as_deref(), e.status.as_str()) {
-        if owner != agent {
-            return Err(ApiError::Conflict(format!(
-                "escalation {id} is claimed by {owner}"
-            )));
-        }
-    }
-    let e = transition(&app, &e, &agent, Transition::Resolve).await?;
-    app.live.send(&e.conversation_id, ServerFrame::Resolved);
-    app.live.agent_event(AgentEvent::Resolved {
-        escalation: e.clone(),
-    });
-    tracing::info!(escalation = %e.id, %agent, "resolved");
-    Ok(Json(e))
+    let brain = app.brain()?;
+    Ok(Json(app.service.resolve(&brain, &id, &agent).await?))
 }
 
 #[derive(Deserialize)]
@@ -406,7 +292,7 @@ async fn relabel(
     check(&body.intent, &info.intent_labels, "intent")?;
     check(&body.sentiment, &info.sentiment_labels, "sentiment")?;
     let m = app
-        .store
+        .store()
         .message(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("message {id} not found")))?;
@@ -415,7 +301,7 @@ async fn relabel(
             "only shopper messages carry intent and sentiment".into(),
         ));
     }
-    app.store
+    app.store()
         .relabel(
             &id,
             body.intent.as_deref(),
@@ -434,10 +320,10 @@ async fn relabel(
 /// `GET /v1/agent/stream`: every agent event as a JSON text frame, as it happens.
 async fn stream(
     State(app): State<Arc<App>>,
-    Agent(agent): Agent,
+    StreamAgent(agent): StreamAgent,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let rx = app.live.agent_events();
+    let rx = app.service.live.agent_events();
     let limit = app.config.limits.max_frame_bytes;
     ws.max_message_size(limit)
         .on_upgrade(move |socket| agent_stream(socket, rx, app, agent))

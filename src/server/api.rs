@@ -4,18 +4,52 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::engine::product_out;
 use super::error::ApiError;
-use super::protocol::ProductOut;
 use super::App;
+use crate::conversation::engine::product_out;
 use crate::nlu::{Classification, NluError};
+use crate::protocol::ProductOut;
 use crate::recommend::{Basis, Filters};
+
+/// A caller of the stateless API (`/v1/classify`, `/v1/sentiment`, `/v1/recommendations`).
+/// With API keys configured a valid key is required; without, anyone may call. Callers without
+/// a key are limited per client address (429 + `Retry-After` past the budget).
+pub struct ApiCaller;
+
+impl FromRequestParts<Arc<App>> for ApiCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if super::auth::bearer(&parts.headers).is_some_and(|t| app.api_keys.agent(t).is_some()) {
+            return Ok(ApiCaller);
+        }
+        if !app.api_keys.is_empty() {
+            app.metrics.error("unauthorized");
+            return Err(ApiError::NeedApiKey);
+        }
+        let Some(ConnectInfo(peer)) = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .copied()
+        else {
+            // Only the router driven without a listener (unit tests) lacks a peer address.
+            return Ok(ApiCaller);
+        };
+        let ip = super::client_ip(app, peer, &parts.headers);
+        if !app.limiters.allow_api(ip) {
+            app.metrics.error("rate_limited");
+            return Err(ApiError::RateLimited);
+        }
+        Ok(ApiCaller)
+    }
+}
 
 /// A JSON body whose rejections use our error format.
 pub struct Body<T>(pub T);
@@ -92,8 +126,11 @@ async fn run_classify(app: &App, texts: Vec<String>) -> Result<Vec<Classificatio
         )));
     }
     let engine = app.engine()?;
+    // The batch lane: chat turns go first, and a full lane answers 429 at once.
     engine.nlu.classify(texts).await.map_err(|e| match e {
-        NluError::Overloaded => ApiError::RateLimited,
+        NluError::Overloaded => ApiError::Overloaded(
+            "the server is busy with other API calls; retry after the Retry-After delay".into(),
+        ),
         e => ApiError::Internal(e.to_string()),
     })
 }
@@ -101,6 +138,7 @@ async fn run_classify(app: &App, texts: Vec<String>) -> Result<Vec<Classificatio
 /// `POST /v1/classify {"texts": [...]}`: intent and sentiment of each text, batched.
 pub async fn classify(
     State(app): State<Arc<App>>,
+    _caller: ApiCaller,
     Body(req): Body<Texts>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let out: Vec<ClassifyResult> = run_classify(&app, req.texts)
@@ -125,6 +163,7 @@ pub async fn classify(
 /// `POST /v1/sentiment {"texts": [...]}`: review sentiment with every label's probability.
 pub async fn sentiment(
     State(app): State<Arc<App>>,
+    _caller: ApiCaller,
     Body(req): Body<Texts>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cls = run_classify(&app, req.texts).await?;
@@ -182,16 +221,16 @@ fn model(app: &App) -> Result<Arc<crate::recommend::Model>, ApiError> {
 /// popular products (`basis: popular`).
 pub async fn recommendations(
     State(app): State<Arc<App>>,
+    _caller: ApiCaller,
     Path(customer_id): Path<String>,
     q: Result<Query<RecQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RecOut>, ApiError> {
     let (k, filters) = rec_params(&query(q)?)?;
     let model = model(&app)?;
-    let r = tokio::task::spawn_blocking(move || {
-        model.recommend(Some(&customer_id), &[], k, true, &filters)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let r =
+        crate::blocking::spawn(move || model.recommend(Some(&customer_id), &[], k, true, &filters))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(RecOut {
         basis: r.basis,
         items: r.items.iter().map(product_out).collect(),
@@ -207,7 +246,7 @@ pub async fn similar(
     let (k, filters) = rec_params(&query(q)?)?;
     let model = model(&app)?;
     let pid = id.clone();
-    let r = tokio::task::spawn_blocking(move || model.similar_items(&pid, k, &filters))
+    let r = crate::blocking::spawn(move || model.similar_items(&pid, k, &filters))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|_| ApiError::NotFound(format!("product {id} is not known")))?;
@@ -219,18 +258,21 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// 200 once models, index and templates are loaded and the database answers; 503 before.
+/// 200 once models, index and templates are loaded and the database reads and writes; 503
+/// with the reason otherwise (a full disk, a read-only file, models still loading).
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let db = app.store.ping().await;
+    let db = app.store().ping().await;
+    let writable = app.store().check_writable().await;
     let engine = app.engine();
     let body = serde_json::json!({
-        "ready": db.is_ok() && engine.is_ok(),
+        "ready": db.is_ok() && writable.ok && engine.is_ok(),
         "database": db.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "writes": writable,
         "models": match engine {
             Ok(e) => serde_json::json!({
                 "nlu": e.nlu.info().encoder,
                 "device": e.nlu.info().device,
-                "faq_entries": e.faq.len(),
+                "faq_entries": e.faq.load().len(),
                 "recommender": e.recommender.is_some(),
             }),
             Err(err) => serde_json::Value::String(err.to_string()),

@@ -113,11 +113,21 @@ impl AgentTokens {
     }
 }
 
-/// A new random bearer token (256 bits, hex).
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The name of the session-signing key in `server_secrets` (v2: made by the OS CSPRNG).
+pub const SESSION_KEY_NAME: &str = "session_key_v2";
+
+/// A new random bearer token or key (256 bits from the OS CSPRNG, hex).
 pub fn new_token() -> String {
-    let mut b = [0u8; 32];
-    fastrand::fill(&mut b);
-    hex::encode(b)
+    crate::secure::token_hex::<32>()
 }
 
 #[cfg(test)]

@@ -1,44 +1,44 @@
-//! The shopper websocket (`GET /v1/chat`, `docs/protocol.md`).
+//! The shopper websocket (`GET /v1/chat`, `docs/protocol.md`): parse frames, call the
+//! conversation service, send what it returns. No business logic here.
 //!
-//! One task per socket reads frames in order, so a shopper's turns are answered in the order
-//! they were sent. A turn: NLU on the worker (awaited), the policy on the blocking pool under
-//! the conversation's lock, then the shopper message, the reply, the new state and any
-//! escalation are committed in one transaction — and only then is the reply sent. What the
-//! shopper saw acknowledged is on disk.
+//! Three tasks per socket. A reader task reads frames as they come (so pings are answered and
+//! close frames seen while a turn computes: clients with keepalives no longer drop on a slow
+//! turn) and hands text frames to the session task in order; a writer task owns the sending
+//! half; the session task handles one frame at a time, so a shopper's turns are answered in the
+//! order they were sent. Protocol faults close with the RFC 6455 code that names them: 1007
+//! (invalid UTF-8), 1002 (protocol error), 1009 (too big), 1008 (policy), 1012 (restart).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{HOST, ORIGIN};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures_util::stream::{SplitSink, SplitStream};
+use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
-use super::engine::sentiment_out;
 use super::error::ApiError;
 use super::limits::origin_allowed;
-use super::live::{self, AgentEvent};
+use super::listen::ConnSlot;
 use super::metrics::SessionGauge;
-use super::protocol::{self, ClientFrame, ErrorCode, HistoryItem, ServerFrame};
 use super::App;
-use crate::dialogue::{EscalationReason, State as DialogueState, Status};
-use crate::nlu::slots::{SlotKind, PERSONAL};
-use crate::nlu::NluError;
-use crate::store::{NewMessage, TurnWrite};
+use crate::conversation::{reason_name, ConversationError};
+use crate::protocol::{self, ClientFrame, ErrorCode, HistoryItem, ServerFrame};
 
-/// Close codes (RFC 6455).
-const POLICY_VIOLATION: u16 = 1008;
-const NORMAL: u16 = 1000;
-const TOO_BIG: u16 = 1009;
+/// Close codes (RFC 6455 §7.4.1).
+pub const NORMAL: u16 = 1000;
+pub const PROTOCOL_ERROR: u16 = 1002;
+pub const INVALID_DATA: u16 = 1007;
+pub const POLICY_VIOLATION: u16 = 1008;
+pub const TOO_BIG: u16 = 1009;
+pub const INTERNAL: u16 = 1011;
 /// "Service restart": the server is shutting down; clients reconnect (to its successor).
-const RESTART: u16 = 1012;
+pub const RESTART: u16 = 1012;
 /// How long a message waits for the models of a server that is still starting.
 const ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -48,6 +48,7 @@ const HISTORY: i64 = 100;
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -59,7 +60,8 @@ pub async fn upgrade(
             "this page's origin may not open the chat (see allowed_origins)".into(),
         ));
     }
-    if !app.limiters.allow_connection(peer.ip()) {
+    let ip = super::client_ip(&app, peer, &headers);
+    if !app.limiters.allow_connection(ip) {
         app.metrics.error("rate_limited");
         return Err(ApiError::RateLimited);
     }
@@ -68,56 +70,97 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
+            // The upgraded socket keeps counting against its address's connection cap.
+            let _slot = slot;
             let span = tracing::info_span!("chat", conversation = tracing::field::Empty);
-            Conn::new(app, socket, peer.ip())
-                .run()
-                .instrument(span)
-                .await
+            session(app, socket, ip).instrument(span).await
         }))
 }
 
-pub fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Bot => "bot",
-        Status::Waiting => "waiting",
-        Status::Claimed => "claimed",
-        Status::Resolved => "resolved",
+/// What the reader task hands the session task.
+enum Incoming {
+    Text(String),
+    Binary,
+    /// The socket is done: the peer closed or went away (`None`), or broke the protocol.
+    End(Option<(u16, &'static str)>),
+}
+
+/// What the session task asks the writer task to send.
+enum Outgoing {
+    Frame(String),
+    Close(u16, &'static str),
+}
+
+/// The RFC 6455 close code for a read error, when the peer broke the protocol.
+fn close_code(e: axum::Error) -> Option<(u16, &'static str)> {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Utf8(_)) => Some((INVALID_DATA, "text frame is not valid UTF-8")),
+        Some(tungstenite::Error::Capacity(_)) => {
+            Some((TOO_BIG, "frame larger than the server accepts"))
+        }
+        Some(tungstenite::Error::Protocol(_)) => Some((PROTOCOL_ERROR, "websocket protocol error")),
+        Some(tungstenite::Error::AttackAttempt) => Some((POLICY_VIOLATION, "refused")),
+        _ => None,
     }
 }
 
-pub fn reason_name(r: EscalationReason) -> &'static str {
-    match r {
-        EscalationReason::AskedForHuman => "asked_for_human",
-        EscalationReason::NegativeSentiment => "negative_sentiment",
-        EscalationReason::Complaint => "complaint",
-        EscalationReason::LowConfidence => "low_confidence",
-        EscalationReason::Unhelpful => "unhelpful",
+async fn reader_task(
+    mut rx: futures_util::stream::SplitStream<WebSocket>,
+    tx: mpsc::Sender<Incoming>,
+) {
+    loop {
+        let item = match rx.next().await {
+            None => Incoming::End(None),
+            Some(Err(e)) => Incoming::End(close_code(e)),
+            Some(Ok(Message::Text(t))) => Incoming::Text(t.to_string()),
+            Some(Ok(Message::Binary(_))) => Incoming::Binary,
+            Some(Ok(Message::Close(_))) => Incoming::End(None),
+            // Pings are answered by the websocket layer while this task reads.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+        };
+        let end = matches!(item, Incoming::End(_));
+        if tx.send(item).await.is_err() || end {
+            return;
+        }
     }
 }
 
-/// The stored dialogue state; unreadable state (an older format) starts afresh, loudly.
-pub fn parse_state(json: &str) -> DialogueState {
-    serde_json::from_str(json).unwrap_or_else(|e| {
-        tracing::warn!("stored dialogue state unreadable ({e}); starting afresh");
-        DialogueState::default()
-    })
+async fn writer_task(
+    mut tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Frame(json) => {
+                if tx.send(Message::Text(json.into())).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close(code, reason) => {
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                return;
+            }
+        }
+    }
 }
 
-fn state_json(s: &DialogueState) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "{}".into())
-}
-
-/// Why the socket loop stops.
+/// Why the session stops.
 enum Stop {
     /// The peer went away or the socket failed.
     Gone,
     Close(u16, &'static str),
 }
 
-struct Conn {
+struct Session {
     app: Arc<App>,
-    tx: SplitSink<WebSocket, Message>,
-    rx: SplitStream<WebSocket>,
+    out: mpsc::Sender<Outgoing>,
+    incoming: mpsc::Receiver<Incoming>,
     ip: IpAddr,
     limiter: Option<DefaultDirectRateLimiter>,
     violations: u32,
@@ -127,34 +170,62 @@ struct Conn {
 struct Attached {
     id: String,
     customer_id: Option<String>,
-    entry: Arc<live::Conversation>,
+    entry: Arc<crate::conversation::live::Conversation>,
     frames: broadcast::Receiver<ServerFrame>,
 }
 
-impl Conn {
-    fn new(app: Arc<App>, socket: WebSocket, ip: IpAddr) -> Conn {
-        let (tx, rx) = socket.split();
-        Conn {
-            limiter: app.limiters.session(),
-            app,
-            tx,
-            rx,
-            ip,
-            violations: 0,
+async fn session(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
+    let (sink, stream) = socket.split();
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let reader = tokio::spawn(reader_task(stream, in_tx));
+    let writer = tokio::spawn(writer_task(sink, out_rx));
+    let mut s = Session {
+        limiter: app.limiters.session(),
+        app,
+        out: out_tx,
+        incoming: in_rx,
+        ip,
+        violations: 0,
+    };
+    let stop = match s.handshake().await {
+        Ok(mut at) => {
+            let _gauge = SessionGauge::new(&s.app.metrics.active_sessions);
+            tracing::Span::current().record("conversation", at.id.as_str());
+            let r = s.serve(&mut at).await;
+            let Attached {
+                id, entry, frames, ..
+            } = at;
+            s.app.service.unsubscribe(&id, entry, frames);
+            r
         }
+        Err(e) => Err(e),
+    };
+    if let Err(Stop::Close(code, reason)) = stop {
+        let _ = s.out.send(Outgoing::Close(code, reason)).await;
     }
+    drop(s);
+    // The writer ends once the close frame is sent (or its channel closes); the reader ends
+    // with the socket.
+    let _ = writer.await;
+    reader.abort();
+}
 
+impl Session {
     async fn send(&mut self, f: &ServerFrame) -> Result<(), Stop> {
-        self.tx
-            .send(Message::Text(f.to_json().into()))
+        self.out
+            .send(Outgoing::Frame(f.to_json()))
             .await
             .map_err(|_| Stop::Gone)
     }
 
-    /// Sends an error frame; too many of them close the socket.
+    /// Sends an error frame; too many bad or rate-limited frames close the socket.
     async fn error(&mut self, code: ErrorCode, msg: impl Into<String>) -> Result<(), Stop> {
         self.app.metrics.error(code.as_str());
-        if code != ErrorCode::Internal {
+        if matches!(
+            code,
+            ErrorCode::BadRequest | ErrorCode::TooLong | ErrorCode::RateLimited
+        ) {
             self.violations += 1;
         }
         self.send(&ServerFrame::error(code, msg)).await?;
@@ -167,61 +238,25 @@ impl Conn {
         Ok(())
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .tx
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+    /// An error of the conversation service as an error frame.
+    async fn failed(&mut self, e: ConversationError) -> Result<(), Stop> {
+        let e = ApiError::from(e);
+        let msg = e.public_message();
+        self.error(e.ws_code(), msg).await
     }
 
-    /// The next text frame from the client; `None` when the socket is done.
+    /// The next text frame from the client.
     async fn next_text(&mut self) -> Result<String, Stop> {
         loop {
-            match self.rx.next().await {
-                None => return Err(Stop::Gone),
-                Some(Err(e)) => {
-                    // tungstenite reports an oversized message as a capacity error.
-                    let msg = e.to_string();
-                    if msg.contains("too long")
-                        || msg.contains("Space limit")
-                        || msg.contains("capacity")
-                    {
-                        return Err(Stop::Close(TOO_BIG, "frame larger than the server accepts"));
-                    }
-                    return Err(Stop::Gone);
-                }
-                Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
-                Some(Ok(Message::Binary(_))) => {
+            match self.incoming.recv().await {
+                None | Some(Incoming::End(None)) => return Err(Stop::Gone),
+                Some(Incoming::End(Some((code, why)))) => return Err(Stop::Close(code, why)),
+                Some(Incoming::Text(t)) => return Ok(t),
+                Some(Incoming::Binary) => {
                     self.error(ErrorCode::BadRequest, "frames are JSON text, not binary")
                         .await?
                 }
-                Some(Ok(Message::Close(_))) => return Err(Stop::Gone),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             }
-        }
-    }
-
-    async fn run(mut self) {
-        let stop = match self.handshake().await {
-            Ok(mut at) => {
-                let _gauge = SessionGauge::new(&self.app.metrics.active_sessions);
-                tracing::Span::current().record("conversation", at.id.as_str());
-                let r = self.serve(&mut at).await;
-                let Attached {
-                    id, entry, frames, ..
-                } = at;
-                drop(frames);
-                self.app.live.release(&id, entry);
-                r
-            }
-            Err(s) => Err(s),
-        };
-        match stop {
-            Ok(()) | Err(Stop::Gone) => {}
-            Err(Stop::Close(code, reason)) => self.close(code, reason).await,
         }
     }
 
@@ -259,60 +294,30 @@ impl Conn {
             }
         }
         let app = self.app.clone();
-        let resumed = match session.as_deref().and_then(|t| app.signer.verify(t)) {
-            Some(id) => match app.store.conversation(&id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("loading a conversation: {e}");
-                    None
-                }
-            },
-            None => None,
-        };
-        let conv = match resumed {
-            Some(c) => c,
-            None => {
-                let locale = app
-                    .engine()
-                    .map(|e| e.locale.clone())
-                    .unwrap_or_else(|_| app.config.engine.locale.clone());
-                match app
-                    .store
-                    .create_conversation(
-                        customer_id.as_deref(),
-                        &locale,
-                        "bot",
-                        &state_json(&DialogueState::default()),
-                    )
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!("creating a conversation: {e}");
-                        self.error(
-                            ErrorCode::Internal,
-                            "cannot start a conversation; try again",
-                        )
-                        .await?;
-                        return Err(Stop::Close(1011, "storage unavailable"));
-                    }
-                }
-            }
-        };
-        let history = match app.store.messages(&conv.id, HISTORY).await {
-            Ok(m) => m,
+        let resume = session.as_deref().and_then(|t| app.signer.verify(t));
+        let locale = app
+            .engine()
+            .map(|e| e.locale.clone())
+            .unwrap_or_else(|_| app.config.engine.locale.clone());
+        let opened = match app
+            .service
+            .open(resume.as_deref(), customer_id.as_deref(), &locale, HISTORY)
+            .await
+        {
+            Ok(o) => o,
             Err(e) => {
-                tracing::error!("loading history: {e}");
-                Vec::new()
+                self.failed(e).await?;
+                return Err(Stop::Close(INTERNAL, "storage unavailable"));
             }
         };
-        let entry = app.live.conversation(&conv.id);
-        let frames = entry.frames.subscribe();
+        let conv = opened.conversation;
+        let (entry, frames) = app.service.subscribe(&conv.id);
         let welcome = ServerFrame::Welcome {
             session: app.signer.sign(&conv.id),
             conversation_id: conv.id.clone(),
             status: conv.status.clone(),
-            history: history
+            history: opened
+                .history
                 .into_iter()
                 .map(|m| HistoryItem {
                     id: m.id,
@@ -325,21 +330,16 @@ impl Conn {
                 })
                 .collect(),
         };
-        let attached = Attached {
+        if let Err(e) = self.send(&welcome).await {
+            app.service.unsubscribe(&conv.id, entry, frames);
+            return Err(e);
+        }
+        Ok(Attached {
             id: conv.id,
             customer_id: conv.customer_id,
             entry,
             frames,
-        };
-        if let Err(e) = self.send(&welcome).await {
-            let Attached {
-                id, entry, frames, ..
-            } = attached;
-            drop(frames);
-            app.live.release(&id, entry);
-            return Err(e);
-        }
-        Ok(attached)
+        })
     }
 
     async fn serve(&mut self, at: &mut Attached) -> Result<(), Stop> {
@@ -413,19 +413,44 @@ impl Conn {
                 .await;
         }
         self.send(&ServerFrame::Typing).await?;
-        let engine = match self.app.engine_wait(ENGINE_WAIT).await {
-            Ok(e) => e,
-            Err(e) => return self.error(ErrorCode::Internal, e.to_string()).await,
+        if let Err(e) = self.app.engine_wait(ENGINE_WAIT).await {
+            let msg = e.public_message();
+            return self.error(e.ws_code(), msg).await;
+        }
+        let brain = match self.app.brain() {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = e.public_message();
+                return self.error(e.ws_code(), msg).await;
+            }
         };
         let span = tracing::info_span!("turn", intent = tracing::field::Empty);
         let app = self.app.clone();
-        let out = turn(&app, &engine, at, client_id, text)
-            .instrument(span)
+        let out = app
+            .service
+            .turn(&brain, &at.id, at.customer_id.as_deref(), client_id, text)
+            .instrument(span.clone())
             .await;
         match out {
-            Ok(Some(frame)) => self.send(&frame).await,
-            Ok(None) => Ok(()),
-            Err((code, msg)) => self.error(code, msg).await,
+            Ok(o) => {
+                let m = &app.metrics;
+                let iname = o.intent.as_deref().unwrap_or("none");
+                span.record("intent", iname);
+                m.intents.with_label_values(&[iname]).inc();
+                for (stage, secs) in [
+                    ("nlu", o.stages.nlu),
+                    ("answer", o.stages.answer),
+                    ("store", o.stages.store),
+                    ("total", o.stages.total),
+                ] {
+                    m.observe_stage(stage, secs);
+                }
+                if let Some(r) = o.escalated {
+                    m.escalations.with_label_values(&[reason_name(r)]).inc();
+                }
+                self.send(&o.frame).await
+            }
+            Err(e) => self.failed(e).await,
         }
     }
 
@@ -435,251 +460,32 @@ impl Conn {
         message_id: &str,
         helpful: bool,
     ) -> Result<(), Stop> {
+        if let Err(e) = self.app.engine_wait(ENGINE_WAIT).await {
+            let msg = e.public_message();
+            return self.error(e.ws_code(), msg).await;
+        }
         let app = self.app.clone();
-        let engine = match app.engine_wait(ENGINE_WAIT).await {
-            Ok(e) => e,
-            Err(e) => return self.error(ErrorCode::Internal, e.to_string()).await,
-        };
-        let m = match app.store.message(message_id).await {
-            Ok(m) => m,
+        let brain = match app.brain() {
+            Ok(b) => b,
             Err(e) => {
-                tracing::error!("feedback: {e}");
-                return self
-                    .error(ErrorCode::Internal, "cannot store feedback")
-                    .await;
+                let msg = e.public_message();
+                return self.error(e.ws_code(), msg).await;
             }
         };
-        if !m.is_some_and(|m| m.conversation_id == at.id && m.role == "bot") {
-            return self
-                .error(
-                    ErrorCode::BadRequest,
-                    "message_id is not a bot reply of this conversation",
-                )
-                .await;
-        }
-        let _guard = at.entry.lock.lock().await;
-        let result = async {
-            app.store.add_helpful(message_id, helpful).await?;
-            let conv = app
-                .store
-                .conversation(&at.id)
-                .await?
-                .ok_or_else(|| crate::store::StoreError::NoConversation(at.id.clone()))?;
-            let mut st = parse_state(&conv.state);
-            let escalated = engine.policy.feedback(&mut st, helpful);
-            let json = state_json(&st);
-            let status = status_name(st.status);
-            match escalated {
-                None => {
-                    app.store.set_state(&at.id, status, &json).await?;
-                    Ok(None)
-                }
-                Some(reason) => {
-                    let text = engine.escalation_text(&st);
-                    let reply = NewMessage {
-                        role: "bot".into(),
-                        text: text.clone(),
-                        ..NewMessage::default()
-                    };
-                    let ids = app
-                        .store
-                        .write_turn(
-                            &at.id,
-                            &TurnWrite {
-                                shopper: None,
-                                reply: Some(&reply),
-                                status,
-                                state: &json,
-                                escalation: Some((reason_name(reason), None)),
-                            },
-                        )
-                        .await?;
-                    Ok(Some((ids, text, reason)))
-                }
-            }
-        }
-        .await;
-        drop(_guard);
-        match result {
+        match app
+            .service
+            .feedback(&brain, &at.id, message_id, helpful)
+            .await
+        {
             Ok(None) => Ok(()),
-            Ok(Some((ids, text, reason))) => {
+            Ok(Some((frame, reason))) => {
                 app.metrics
                     .escalations
                     .with_label_values(&[reason_name(reason)])
                     .inc();
-                if let Some(e) = ids.escalation {
-                    app.live
-                        .agent_event(AgentEvent::Escalated { escalation: e });
-                }
-                self.send(&ServerFrame::Reply {
-                    id: ids.reply.unwrap_or_default(),
-                    reply_to: None,
-                    text,
-                    intent: None,
-                    sentiment: None,
-                    products: Vec::new(),
-                    quick_replies: Vec::new(),
-                    escalated: true,
-                })
-                .await
+                self.send(&frame).await
             }
-            Err(e) => {
-                let e: crate::store::StoreError = e;
-                tracing::error!("feedback: {e}");
-                self.error(ErrorCode::Internal, "cannot store feedback")
-                    .await
-            }
+            Err(e) => self.failed(e).await,
         }
     }
-}
-
-/// One shopper turn. Returns the frame to send (`None` when an agent has the conversation:
-/// the shopper's message is stored and relayed to the agent, the bot stays silent).
-async fn turn(
-    app: &Arc<App>,
-    engine: &Arc<super::Engine>,
-    at: &Attached,
-    client_id: Option<String>,
-    text: String,
-) -> Result<Option<ServerFrame>, (ErrorCode, String)> {
-    let t0 = Instant::now();
-    let m = &app.metrics;
-    tracing::debug!(text = %engine.slots.redact(&text, PERSONAL), "shopper message");
-    let cls = match engine.nlu.classify_embed(vec![text.clone()]).await {
-        Ok(mut v) if !v.is_empty() => v.swap_remove(0),
-        Ok(_) => return Err((ErrorCode::Internal, "no classification".into())),
-        Err(NluError::Overloaded) => {
-            return Err((
-                ErrorCode::RateLimited,
-                "the assistant is busy; try again in a moment".into(),
-            ))
-        }
-        Err(e) => {
-            tracing::error!("nlu: {e}");
-            return Err((
-                ErrorCode::Internal,
-                "the assistant failed; try again".into(),
-            ));
-        }
-    };
-    let t_nlu = t0.elapsed().as_secs_f64();
-    m.observe_stage("nlu", t_nlu);
-
-    let guard = at.entry.lock.lock().await;
-    let conv = match app.store.conversation(&at.id).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Err((ErrorCode::Internal, "conversation not found".into())),
-        Err(e) => {
-            tracing::error!("loading state: {e}");
-            return Err((ErrorCode::Internal, "storage unavailable; try again".into()));
-        }
-    };
-    let t1 = Instant::now();
-    let (state, result, stored_text) = {
-        let engine = engine.clone();
-        let customer = at.customer_id.clone();
-        let cls = cls.clone();
-        let mut st = parse_state(&conv.state);
-        tokio::task::spawn_blocking(move || {
-            // Card numbers are never kept: not in the transcript, not in the dialogue's slots.
-            let stored = engine.slots.redact(&text, &[SlotKind::CardNumber]);
-            let r = engine.decide(&mut st, &stored, &cls, customer.as_deref());
-            (st, r, stored)
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!("turn task failed: {e}");
-            (
-                ErrorCode::Internal,
-                "the assistant failed; try again".to_string(),
-            )
-        })?
-    };
-    m.observe_stage("answer", t1.elapsed().as_secs_f64());
-    let d = &result.decision;
-    let intent = result.intent.clone();
-    let sentiment = sentiment_out(&cls);
-    let iname = intent.as_ref().map_or("none", |l| l.name.as_str());
-    tracing::Span::current().record("intent", iname);
-    m.intents.with_label_values(&[iname]).inc();
-
-    let shopper = NewMessage {
-        role: "shopper".into(),
-        client_id: client_id.clone(),
-        text: stored_text,
-        intent: intent.as_ref().map(|l| l.name.clone()),
-        intent_confidence: intent.as_ref().map(|l| l.confidence),
-        sentiment: sentiment.as_ref().map(|s| s.label.clone()),
-        sentiment_score: sentiment.as_ref().map(|s| s.score),
-        ..NewMessage::default()
-    };
-    let reply = d.reply.as_ref().map(|r| NewMessage {
-        role: "bot".into(),
-        author: Some(d.source.clone()),
-        text: r.clone(),
-        intent: d.intent.clone(),
-        ..NewMessage::default()
-    });
-    let t2 = Instant::now();
-    let json = state_json(&state);
-    let write = TurnWrite {
-        shopper: Some(&shopper),
-        reply: reply.as_ref(),
-        status: status_name(state.status),
-        state: &json,
-        escalation: d
-            .escalated
-            .map(|r| (reason_name(r), sentiment.as_ref().map(|s| s.score))),
-    };
-    let ids = app.store.write_turn(&at.id, &write).await.map_err(|e| {
-        tracing::error!("storing a turn: {e}");
-        (
-            ErrorCode::Internal,
-            "your message could not be saved; please send it again".to_string(),
-        )
-    })?;
-    drop(guard);
-    m.observe_stage("store", t2.elapsed().as_secs_f64());
-    m.observe_stage("total", t0.elapsed().as_secs_f64());
-
-    if let Some(r) = d.escalated {
-        m.escalations.with_label_values(&[reason_name(r)]).inc();
-    }
-    if let Some(e) = ids.escalation.clone() {
-        tracing::info!(reason = %e.reason, "escalated");
-        app.live
-            .agent_event(AgentEvent::Escalated { escalation: e });
-    }
-    // Agents watching an escalated conversation see its messages as they arrive.
-    if state.status != Status::Bot && state.status != Status::Resolved {
-        if let Ok(Some(e)) = app.store.open_escalation(&at.id).await {
-            for id in [ids.shopper.as_ref(), ids.reply.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                if let Ok(Some(message)) = app.store.message(id).await {
-                    app.live.agent_event(AgentEvent::Message {
-                        escalation_id: e.id.clone(),
-                        message,
-                    });
-                }
-            }
-        }
-    }
-    let Some(text) = d.reply.clone() else {
-        return Ok(Some(ServerFrame::Ack {
-            id: ids.shopper.unwrap_or_default(),
-            reply_to: client_id,
-        }));
-    };
-    Ok(Some(ServerFrame::Reply {
-        id: ids.reply.unwrap_or_default(),
-        reply_to: client_id,
-        text,
-        intent,
-        sentiment,
-        products: result.products,
-        quick_replies: d.quick_replies.clone(),
-        escalated: state.status == Status::Waiting || state.status == Status::Claimed,
-    }))
 }

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,13 @@ pub struct Limits {
     pub hello_timeout: Duration,
     /// Bad or rate-limited frames a socket may send before it is closed (1008).
     pub max_violations: u32,
+    /// Calls per minute from one IP address to the stateless API (`/v1/classify`,
+    /// `/v1/sentiment`, `/v1/recommendations`, `/v1/products`), and the burst. Callers with a
+    /// valid API key are not limited per address (the NLU's batch lane still bounds them).
+    pub ip_api_per_minute: u32,
+    pub ip_api_burst: u32,
+    /// Connection caps and the header-read timeout of the accept loop.
+    pub conn: super::listen::ConnLimits,
 }
 
 impl Default for Limits {
@@ -54,6 +62,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(15 * 60),
             hello_timeout: Duration::from_secs(30),
             max_violations: 20,
+            ip_api_per_minute: 120,
+            ip_api_burst: 20,
+            conn: super::listen::ConnLimits::default(),
         }
     }
 }
@@ -67,6 +78,7 @@ fn quota(per_minute: u32, burst: u32) -> Option<Quota> {
 pub struct Limiters {
     ip_messages: Option<DefaultKeyedRateLimiter<IpAddr>>,
     ip_connections: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    ip_api: Option<DefaultKeyedRateLimiter<IpAddr>>,
     session: Option<Quota>,
 }
 
@@ -77,8 +89,15 @@ impl Limiters {
                 .map(RateLimiter::keyed),
             ip_connections: quota(l.ip_connections_per_minute, l.ip_connections_burst)
                 .map(RateLimiter::keyed),
+            ip_api: quota(l.ip_api_per_minute, l.ip_api_burst).map(RateLimiter::keyed),
             session: quota(l.session_per_minute, l.session_burst),
         }
+    }
+
+    pub fn allow_api(&self, ip: IpAddr) -> bool {
+        self.ip_api
+            .as_ref()
+            .is_none_or(|l| l.check_key(&ip).is_ok())
     }
 
     pub fn allow_connection(&self, ip: IpAddr) -> bool {
@@ -99,7 +118,7 @@ impl Limiters {
     }
 
     fn forget_idle(&self) {
-        for l in [&self.ip_messages, &self.ip_connections]
+        for l in [&self.ip_messages, &self.ip_connections, &self.ip_api]
             .into_iter()
             .flatten()
         {
@@ -122,6 +141,74 @@ pub fn spawn_housekeeping(app: Arc<App>) {
             app.limiters.forget_idle();
         }
     });
+}
+
+/// Proxies (`--trusted-proxy CIDR`) whose `X-Forwarded-For` names the real client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+    /// Comma-separated CIDRs or plain addresses.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut v = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let net = match part.parse::<ipnet::IpNet>() {
+                Ok(n) => n,
+                Err(_) => part
+                    .parse::<IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|_| format!("'{part}' is not a CIDR (10.0.0.0/8) or an address"))?,
+            };
+            v.push(net);
+        }
+        Ok(TrustedProxies(v))
+    }
+}
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn extend(&mut self, other: TrustedProxies) {
+        self.0.extend(other.0);
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client a request comes from: the peer, or — when the peer is a trusted proxy — the
+    /// rightmost `X-Forwarded-For` address that is not itself a trusted proxy (addresses left of
+    /// it were written by the client and prove nothing).
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let Some(xff) = forwarded_for else {
+            return peer;
+        };
+        for hop in xff.rsplit(',').map(str::trim) {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if self.contains(ip) => continue,
+                Ok(ip) => return canonical(ip),
+                Err(_) => return peer,
+            }
+        }
+        peer
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, from dual-stack sockets) as IPv4, so one
+/// client has one key.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Is a page from `origin` allowed to open the shopper socket on `host`?
@@ -173,6 +260,30 @@ mod tests {
             None,
             &["*".to_string()]
         ));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let t: TrustedProxies = "10.0.0.0/8, 127.0.0.1".parse().expect("cidrs");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // Not a proxy: its header is the client's own claim.
+        assert_eq!(
+            t.client_ip(ip("203.0.113.9"), Some("1.2.3.4")),
+            ip("203.0.113.9")
+        );
+        // A proxy: the rightmost address that is not a proxy.
+        assert_eq!(
+            t.client_ip(ip("10.1.1.1"), Some("6.6.6.6, 198.51.100.7, 10.2.2.2")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(t.client_ip(ip("127.0.0.1"), None), ip("127.0.0.1"));
+        assert_eq!(
+            t.client_ip(ip("::ffff:10.1.1.1"), Some("198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        // Garbage in the header: the proxy itself (never a spoofable value).
+        assert_eq!(t.client_ip(ip("10.1.1.1"), Some("bogus")), ip("10.1.1.1"));
+        assert!("not-a-cidr".parse::<TrustedProxies>().is_err());
     }
 
     #[test]

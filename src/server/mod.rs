@@ -6,35 +6,40 @@
 //! `/readyz` turns 200 once the NLU, the FAQ index and the templates are loaded, and requests
 //! that need them get 503 (`error` frames on the socket) until then.
 
+mod admin;
 mod agent;
 mod api;
 pub mod auth;
 mod chat;
-pub mod engine;
 pub mod error;
 pub mod limits;
-pub mod live;
+pub mod listen;
 pub mod metrics;
-pub mod protocol;
 mod web;
+
+/// The wire format, shared with `conversation`.
+pub use crate::protocol;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+pub use crate::conversation::{Engine, EngineConfig};
 pub use auth::{AgentEntry, AgentTokens, SessionSigner};
-pub use engine::{Engine, EngineConfig};
 pub use error::{ApiError, ServerError};
-pub use limits::Limits;
+pub use limits::{Limits, TrustedProxies};
 
+use crate::conversation::{Brain, Service};
 use crate::store::{Store, StoreOptions};
 
 /// Everything `shopdesk serve` needs.
@@ -47,10 +52,19 @@ pub struct ServerConfig {
     /// a killed process.
     pub synchronous_full: bool,
     pub engine: EngineConfig,
-    /// Key for session tokens; by default one is generated once and kept in the database.
+    /// Key for session tokens (from `--session-secret-file` or the environment); by default
+    /// one is generated once from the OS CSPRNG and kept in the database.
     pub session_secret: Option<String>,
     pub session_ttl: Duration,
     pub agents: Vec<AgentEntry>,
+    /// Who may call `/v1/admin/*` (reload): name and token hash, like agents.
+    pub admins: Vec<AgentEntry>,
+    /// SHA-256 hashes (hex) of API keys. When any is set, `/v1/classify`, `/v1/sentiment` and
+    /// `/v1/recommendations` need `Authorization: Bearer <key>`; key holders are not limited
+    /// per address.
+    pub api_keys: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the real client (limits key on that client).
+    pub trusted_proxies: TrustedProxies,
     /// Origins (`https://shop.example`) whose pages may open the shopper socket; `*` allows any.
     /// Same-origin pages and clients that send no Origin (apps, servers) are always allowed.
     pub allowed_origins: Vec<String>,
@@ -62,19 +76,31 @@ pub struct ServerConfig {
 /// Shared state of a running server.
 pub struct App {
     pub config: ServerConfig,
-    pub store: Store,
+    /// Conversations: every turn and agent action, storage and live events.
+    pub service: Service,
     engine: OnceLock<Arc<Engine>>,
     load_error: Mutex<Option<String>>,
     pub signer: SessionSigner,
     pub agents: AgentTokens,
-    pub live: live::Live,
-    pub metrics: metrics::Metrics,
+    pub admins: AgentTokens,
+    pub api_keys: AgentTokens,
+    pub metrics: Arc<metrics::Metrics>,
     pub limiters: limits::Limiters,
     /// Turns true when the server begins to shut down: open websockets close (1012).
     pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
+    pub fn store(&self) -> &Store {
+        &self.service.store
+    }
+
+    /// The loaded engine as the conversation service's brain.
+    pub fn brain(&self) -> Result<Arc<dyn Brain>, ApiError> {
+        let e: Arc<dyn Brain> = self.engine()?.clone();
+        Ok(e)
+    }
+
     /// The loaded engine, or why there is none yet.
     pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
         self.engine.get().ok_or_else(|| {
@@ -150,17 +176,36 @@ pub async fn start(
             "no agents configured: the agent API refuses every call (see `shopdesk agent-token`)"
         );
     }
+    let admins = AgentTokens::new(&config.admins).map_err(ServerError::Config)?;
+    let api_keys = AgentTokens::new(
+        &config
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, h)| AgentEntry {
+                name: format!("api-key-{i}"),
+                token_sha256: h.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| ServerError::Config(format!("--api-key: {e}")))?;
     let mut opts = StoreOptions::new(config.database_url.clone());
     opts.synchronous_full = config.synchronous_full;
     let store = Store::connect(&opts).await?;
     let secret = match &config.session_secret {
-        Some(s) if s.len() >= 16 => s.clone(),
+        Some(s) if s.len() >= 32 => s.clone(),
         Some(_) => {
             return Err(ServerError::Config(
-                "the session secret needs at least 16 characters".into(),
+                "the session secret needs at least 32 characters (`openssl rand -hex 32`)".into(),
             ))
         }
-        None => store.secret("session_key", auth::new_token).await?,
+        // `session_key` was made by versions before 0.2 from a clock-seeded generator: it is
+        // retired (its tokens then start new conversations) and a CSPRNG key replaces it.
+        None => {
+            store
+                .secret(auth::SESSION_KEY_NAME, &["session_key"], auth::new_token)
+                .await?
+        }
     };
     let listener = TcpListener::bind(config.addr)
         .await
@@ -173,17 +218,18 @@ pub async fn start(
         signer: SessionSigner::new(secret.as_bytes(), config.session_ttl),
         limiters: limits::Limiters::new(&config.limits),
         config,
-        store,
+        service: Service::new(store),
         engine: OnceLock::new(),
         load_error: Mutex::new(None),
         agents,
-        live: live::Live::default(),
-        metrics: metrics::Metrics::new(),
+        admins,
+        api_keys,
+        metrics: Arc::new(metrics::Metrics::new()),
         closing: tokio::sync::watch::Sender::new(false),
     });
     {
         let app = app.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::spawn(move || {
             let t = std::time::Instant::now();
             match Engine::load(&app.config.engine) {
                 Ok(e) => {
@@ -198,14 +244,8 @@ pub async fn start(
         });
     }
     limits::spawn_housekeeping(app.clone());
+    admin::spawn_sighup_reload(app.clone());
     let router = router(app.clone());
-    // Chat frames are small and come in pairs (typing, reply): without TCP_NODELAY, Nagle's
-    // algorithm holds the reply until the client's delayed ACK, 40 ms later.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
     let shutdown = {
         let app = app.clone();
         async move {
@@ -213,15 +253,31 @@ pub async fn start(
             app.closing.send_replace(true);
         }
     };
-    let handle = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-    });
+    let conn_limits = app.config.limits.conn.clone();
+    let trusted = app.config.trusted_proxies.clone();
+    let metrics = app.metrics.clone();
+    let handle = tokio::spawn(listen::serve(
+        listener,
+        router,
+        conn_limits,
+        trusted,
+        metrics,
+        shutdown,
+    ));
     Ok(Running { addr, app, handle })
+}
+
+/// The client's address: the peer, or the client a trusted proxy forwarded for.
+pub fn client_ip(app: &App, peer: SocketAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = xff.join(",");
+    app.config
+        .trusted_proxies
+        .client_ip(peer.ip(), (!joined.is_empty()).then_some(joined.as_str()))
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -237,10 +293,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/v1/admin/reload", post(admin::reload))
         .nest("/v1/agent", agent::router())
         .merge(web::router())
         .fallback(|| async { ApiError::NotFound("no such page or endpoint".into()) })
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        // Every answer, JSON included: a browser never guesses another type.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             app.config.limits.max_body_bytes,
         ))

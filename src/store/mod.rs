@@ -8,11 +8,13 @@
 //! that PostgreSQL also accepts (TEXT ids made here, BIGINT unix milliseconds).
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 
 /// Everything that can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum StoreError {
     NoMessage(String),
     #[error("escalation {id} is already {status}")]
     EscalationState { id: String, status: String },
+    #[error("escalation {id} is claimed by {agent}")]
+    ClaimedByOther { id: String, agent: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -39,6 +43,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_secrets.sql")),
+    (3, include_str!("migrations/0003_write_probe.sql")),
 ];
 
 /// Unix milliseconds, strictly increasing within the process: rows written in one millisecond
@@ -61,10 +66,10 @@ pub fn now_ms() -> i64 {
     }
 }
 
-/// A random 128-bit id, hex. Unguessable: conversation ids are not secrets (tokens are signed),
-/// but nothing should be enumerable.
+/// A random 128-bit id, hex, from the operating system's CSPRNG. Conversation ids are not
+/// secrets (tokens are signed), but nothing should be enumerable or predictable from another id.
 pub fn new_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    hex::encode(crate::secure::random_bytes::<16>())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +185,134 @@ pub struct Store {
     /// The one connection that writes. SQLite allows one writer at a time; with several
     /// writing connections the losers spin in SQLite's busy handler (sleeps of 1, 2, 5, ... ms),
     /// which under load was the store's main latency. One connection queues writers in order.
+    /// Every write goes through [`Store::begin_write`]: see [`WriteTx`] for why.
     writer: SqlitePool,
+    health: Arc<WriteHealth>,
+}
+
+/// What the last writes did, for `/readyz`: a failed write since the last good one makes the
+/// server not ready until a write succeeds again (or the failure is old and a probe succeeds).
+#[derive(Debug, Default)]
+struct WriteHealth {
+    inner: Mutex<HealthState>,
+    /// The last probe's answer and when it was made: probes at most once a second, however
+    /// often a load balancer asks (each is a synced write on the one writer connection).
+    probe: Mutex<Option<(i64, Writable)>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HealthState {
+    last_ok: i64,
+    last_failure: Option<(i64, String)>,
+    /// The connection was replaced this many times after failed writes.
+    replaced: u64,
+}
+
+impl WriteHealth {
+    fn ok(&self) {
+        let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        h.last_ok = now_ms();
+    }
+    fn failed(&self, why: &str, replaced: bool) {
+        let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        h.last_failure = Some((now_ms(), why.to_string()));
+        if replaced {
+            h.replaced += 1;
+        }
+    }
+    fn get(&self) -> HealthState {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Can the store write? (`/readyz`, `Store::check_writable`.)
+#[derive(Debug, Clone, Serialize)]
+pub struct Writable {
+    pub ok: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Writer connections replaced after failed writes since start.
+    pub connections_replaced: u64,
+}
+
+/// How long a failed write keeps the store "not writable" when only probes succeed since: a
+/// nearly full disk can take a probe's few bytes and still refuse a turn's.
+const FAILURE_MEMORY_MS: i64 = 30_000;
+
+/// One write transaction on the writer connection.
+///
+/// Why not sqlx's `Transaction`: when a COMMIT fails (a full disk, an I/O error), SQLite may
+/// keep the transaction open while sqlx's bookkeeping believes it ended — the next `begin`
+/// then became a SAVEPOINT inside the dead transaction, and every later "commit" released a
+/// savepoint that never reached the disk: replies were acknowledged, nothing was stored. Here
+/// the transaction is plain SQL (`BEGIN IMMEDIATE` ... `COMMIT`), and every failure ends with
+/// an explicit ROLLBACK; if the failure came from the database (or the rollback fails, or the
+/// transaction is dropped half-way), the connection is closed and the pool opens a fresh one.
+/// A write either commits or reports an error; no connection is ever reused in an unknown state.
+pub struct WriteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+    health: Arc<WriteHealth>,
+}
+
+impl WriteTx {
+    /// The connection, inside the transaction.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        match self.conn.as_mut() {
+            Some(c) => c,
+            None => unreachable!("a WriteTx is used only until finish (this is a bug)"),
+        }
+    }
+
+    /// Commits when `r` is Ok, rolls back otherwise; returns `r` or the commit's error.
+    pub async fn finish<T>(mut self, r: Result<T>) -> Result<T> {
+        let Some(mut conn) = self.conn.take() else {
+            unreachable!("finish runs once (this is a bug)")
+        };
+        match r {
+            Ok(v) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+                Ok(_) => {
+                    self.health.ok();
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    discard(conn).await;
+                    tracing::error!("commit failed, writer connection replaced: {e}");
+                    self.health.failed(&e.to_string(), true);
+                    Err(e.into())
+                }
+            },
+            Err(err) => {
+                let rolled_back = sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
+                let from_db = matches!(err, StoreError::Db(_));
+                if from_db || !rolled_back {
+                    discard(conn).await;
+                    tracing::error!("write failed, writer connection replaced: {err}");
+                    self.health.failed(&err.to_string(), true);
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        // Dropped half-way (a cancelled request): closing the connection rolls the
+        // transaction back, and the pool opens a fresh connection for the next writer.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+/// Closes a writer connection whose state is unknown; the pool replaces it.
+async fn discard(conn: PoolConnection<Sqlite>) {
+    use sqlx::Connection;
+    if let Err(e) = conn.detach().close().await {
+        tracing::debug!("closing a failed writer connection: {e}");
+    }
 }
 
 fn conversation(r: &sqlx::sqlite::SqliteRow) -> Result<Conversation> {
@@ -296,6 +428,198 @@ async fn insert_message(
     Ok(id)
 }
 
+/// The writes of one turn on a connection inside a transaction (see [`Store::write_turn`]).
+pub async fn write_turn(
+    conn: &mut SqliteConnection,
+    conversation_id: &str,
+    w: &TurnWrite<'_>,
+) -> Result<TurnIds> {
+    let at = now_ms();
+    set_state(conn, conversation_id, w.status, w.state, at).await?;
+    let sid = match w.shopper {
+        Some(m) => Some(insert_message(conn, conversation_id, m, at).await?),
+        None => None,
+    };
+    let rid = match w.reply {
+        Some(r) => {
+            let r = NewMessage {
+                reply_to: sid.clone().or_else(|| r.reply_to.clone()),
+                ..r.clone()
+            };
+            Some(insert_message(conn, conversation_id, &r, at).await?)
+        }
+        None => None,
+    };
+    let esc = match w.escalation {
+        Some((reason, score)) => {
+            Some(insert_escalation(conn, conversation_id, reason, score).await?)
+        }
+        None => None,
+    };
+    Ok(TurnIds {
+        shopper: sid,
+        reply: rid,
+        escalation: esc,
+    })
+}
+
+/// One message on its own, inside a transaction.
+pub async fn add_message(
+    conn: &mut SqliteConnection,
+    conversation_id: &str,
+    m: &NewMessage,
+) -> Result<String> {
+    let at = now_ms();
+    let updated = sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(conversation_id)
+        .execute(&mut *conn)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NoConversation(conversation_id.into()));
+    }
+    insert_message(conn, conversation_id, m, at).await
+}
+
+/// A conversation's status and dialogue state, inside a transaction.
+pub async fn set_state(
+    conn: &mut SqliteConnection,
+    conversation_id: &str,
+    status: &str,
+    state: &str,
+    at: i64,
+) -> Result<()> {
+    let r = sqlx::query(
+        "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
+    )
+    .bind(status)
+    .bind(state)
+    .bind(at)
+    .bind(conversation_id)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NoConversation(conversation_id.into()));
+    }
+    Ok(())
+}
+
+const CONVERSATION_BY_ID: &str = "SELECT * FROM conversations WHERE id = $1";
+const MESSAGE_BY_ID: &str = "SELECT * FROM messages WHERE id = $1";
+const ESCALATION_BY_ID: &str = "SELECT * FROM escalations WHERE id = $1";
+const OPEN_ESCALATION: &str = "SELECT * FROM escalations WHERE conversation_id = $1 \
+     AND status IN ('open', 'claimed') ORDER BY created_at DESC, id LIMIT 1";
+
+/// At most one row of `sql` (one `$1`), mapped; on the reader pool or inside a transaction.
+async fn one<'c, T>(
+    exec: impl sqlx::Executor<'c, Database = Sqlite>,
+    sql: &'static str,
+    id: &str,
+    map: fn(&sqlx::sqlite::SqliteRow) -> Result<T>,
+) -> Result<Option<T>> {
+    sqlx::query(sql)
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .as_ref()
+        .map(map)
+        .transpose()
+}
+
+/// A conversation inside a transaction (read with the writer's view).
+pub async fn conversation_in(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<Conversation>> {
+    one(conn, CONVERSATION_BY_ID, id, conversation).await
+}
+
+/// A message inside a transaction.
+pub async fn message_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<Message>> {
+    one(conn, MESSAGE_BY_ID, id, message).await
+}
+
+/// The conversation's escalation that is not resolved yet, inside a transaction.
+pub async fn open_escalation_in(
+    conn: &mut SqliteConnection,
+    conversation_id: &str,
+) -> Result<Option<Escalation>> {
+    one(conn, OPEN_ESCALATION, conversation_id, escalation).await
+}
+
+/// An escalation inside a transaction.
+pub async fn escalation_in(conn: &mut SqliteConnection, id: &str) -> Result<Option<Escalation>> {
+    one(conn, ESCALATION_BY_ID, id, escalation).await
+}
+
+/// A guarded status change of an escalation inside a transaction; when no row changed, says why.
+async fn transition(
+    conn: &mut SqliteConnection,
+    id: &str,
+    sql: &'static str,
+    agent: &str,
+) -> Result<Escalation> {
+    let r = sqlx::query(sql)
+        .bind(agent)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let e = escalation_in(conn, id)
+        .await?
+        .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::EscalationState {
+            id: id.into(),
+            status: e.status,
+        });
+    }
+    Ok(e)
+}
+
+/// open → claimed, inside a transaction. Exactly one agent wins a claim race (the guard is in
+/// the UPDATE).
+pub async fn claim(conn: &mut SqliteConnection, id: &str, agent: &str) -> Result<Escalation> {
+    transition(
+        conn,
+        id,
+        "UPDATE escalations SET status = 'claimed', agent = $1, claimed_at = $2 \
+         WHERE id = $3 AND status = 'open'",
+        agent,
+    )
+    .await
+}
+
+/// open | claimed → resolved, inside a transaction. A claimed escalation is resolved only by
+/// the agent who claimed it (checked in the same UPDATE, so no race can slip between).
+pub async fn resolve(conn: &mut SqliteConnection, id: &str, agent: &str) -> Result<Escalation> {
+    let r = sqlx::query(
+        "UPDATE escalations SET status = 'resolved', agent = $1, resolved_at = $2 \
+         WHERE id = $3 AND (status = 'open' OR (status = 'claimed' AND agent = $1))",
+    )
+    .bind(agent)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let e = escalation_in(conn, id)
+        .await?
+        .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
+    if r.rows_affected() == 0 {
+        if let (Some(owner), "claimed") = (e.agent.as_deref(), e.status.as_str()) {
+            return Err(StoreError::ClaimedByOther {
+                id: id.into(),
+                agent: owner.into(),
+            });
+        }
+        return Err(StoreError::EscalationState {
+            id: id.into(),
+            status: e.status,
+        });
+    }
+    Ok(e)
+}
+
 impl Store {
     /// Opens (creating if missing) and migrates the database.
     pub async fn connect(opts: &StoreOptions) -> Result<Store> {
@@ -337,41 +661,121 @@ impl Store {
                 .connect_with(connect)
                 .await?
         };
-        let store = Store { pool, writer };
+        let store = Store {
+            pool,
+            writer,
+            health: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Starts a write transaction on the writer connection (`BEGIN IMMEDIATE`). Finish it with
+    /// [`WriteTx::finish`].
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let mut conn = match self.writer.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.health.failed(&e.to_string(), false);
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            discard(conn).await;
+            self.health.failed(&e.to_string(), true);
+            return Err(e.into());
+        }
+        Ok(WriteTx {
+            conn: Some(conn),
+            health: self.health.clone(),
+        })
+    }
+
     async fn migrate(&self) -> Result<()> {
-        sqlx::query(
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.writer)
-        .await?;
+        .execute(w.conn())
+        .await;
+        w.finish(r.map_err(StoreError::from)).await?;
         for (version, sql) in MIGRATIONS {
-            let mut tx = self.writer.begin().await?;
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+            let mut w = self.begin_write().await?;
+            let r = async {
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                        .bind(version)
+                        .fetch_optional(w.conn())
+                        .await?;
+                if done.is_some() {
+                    return Ok(());
+                }
+                for stmt in sql.split(';').map(str::trim).filter(|s| {
+                    !s.lines()
+                        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+                }) {
+                    sqlx::query(stmt).execute(w.conn()).await?;
+                }
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
                     .bind(version)
-                    .fetch_optional(&mut *tx)
+                    .bind(now_ms())
+                    .execute(w.conn())
                     .await?;
-            if done.is_some() {
-                continue;
+                Ok(())
             }
-            for stmt in sql.split(';').map(str::trim).filter(|s| {
-                !s.lines()
-                    .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
-            }) {
-                sqlx::query(stmt).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(version)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            .await;
+            w.finish(r).await?;
         }
         Ok(())
+    }
+
+    /// Can the store write right now? A real write (one row of `write_probe`, synced like a
+    /// turn), plus the memory of a recent failed write: see [`FAILURE_MEMORY_MS`].
+    pub async fn check_writable(&self) -> Writable {
+        {
+            let cached = self.health.probe.lock().unwrap_or_else(|p| p.into_inner());
+            let h = self.health.get();
+            if let Some((at, w)) = cached.as_ref() {
+                // Reused only when no write succeeded or failed since it was made.
+                let unchanged = h.last_ok < *at && h.last_failure.is_none_or(|f| f.0 < *at);
+                if now_ms() - at < 1_000 && unchanged {
+                    return w.clone();
+                }
+            }
+        }
+        let probe = async {
+            let mut w = self.begin_write().await?;
+            let r = sqlx::query(
+                "INSERT INTO write_probe (id, at) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(now_ms())
+            .execute(w.conn())
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+            w.finish(r).await
+        };
+        // The probe's own success counts as a good write; remember what came before it.
+        let before = self.health.get();
+        let probed = probe.await;
+        let after = self.health.get();
+        let reason = match (&probed, &before.last_failure) {
+            (Err(e), _) => Some(format!("a test write failed: {e}")),
+            (Ok(()), Some((at, why)))
+                if *at > before.last_ok && now_ms() - at < FAILURE_MEMORY_MS =>
+            {
+                Some(format!("the last write failed: {why}"))
+            }
+            _ => None,
+        };
+        let w = Writable {
+            ok: reason.is_none(),
+            reason,
+            connections_replaced: after.replaced,
+        };
+        *self.health.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some((now_ms(), w.clone()));
+        w
     }
 
     async fn by_id<T>(
@@ -380,13 +784,7 @@ impl Store {
         id: &str,
         map: fn(&sqlx::sqlite::SqliteRow) -> Result<T>,
     ) -> Result<Option<T>> {
-        sqlx::query(sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(map)
-            .transpose()
+        one(&self.pool, sql, id, map).await
     }
 
     /// Is the database answering? (`/readyz`)
@@ -412,7 +810,8 @@ impl Store {
             created_at: at,
             updated_at: at,
         };
-        sqlx::query(
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query(
             "INSERT INTO conversations (id, customer_id, locale, status, state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -423,18 +822,13 @@ impl Store {
         .bind(&c.state)
         .bind(c.created_at)
         .bind(c.updated_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(c)
+        .execute(w.conn())
+        .await;
+        w.finish(r.map(|_| c).map_err(StoreError::from)).await
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
-        self.by_id(
-            "SELECT * FROM conversations WHERE id = $1",
-            id,
-            conversation,
-        )
-        .await
+        self.by_id(CONVERSATION_BY_ID, id, conversation).await
     }
 
     /// Stores a shopper message, the bot's reply (if any) and the new dialogue state in one
@@ -466,80 +860,23 @@ impl Store {
     /// answers the shopper's message when both are given), the dialogue state and a new
     /// escalation. Either all of it is stored or none.
     pub async fn write_turn(&self, conversation_id: &str, w: &TurnWrite<'_>) -> Result<TurnIds> {
-        let mut tx = self.writer.begin().await?;
-        let at = now_ms();
-        let updated = sqlx::query(
-            "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
-        )
-        .bind(w.status)
-        .bind(w.state)
-        .bind(at)
-        .bind(conversation_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NoConversation(conversation_id.into()));
-        }
-        let sid = match w.shopper {
-            Some(m) => Some(insert_message(&mut tx, conversation_id, m, at).await?),
-            None => None,
-        };
-        let rid = match w.reply {
-            Some(r) => {
-                let r = NewMessage {
-                    reply_to: sid.clone().or_else(|| r.reply_to.clone()),
-                    ..r.clone()
-                };
-                Some(insert_message(&mut tx, conversation_id, &r, at).await?)
-            }
-            None => None,
-        };
-        let esc = match w.escalation {
-            Some((reason, score)) => {
-                Some(insert_escalation(&mut tx, conversation_id, reason, score).await?)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(TurnIds {
-            shopper: sid,
-            reply: rid,
-            escalation: esc,
-        })
+        let mut tx = self.begin_write().await?;
+        let r = write_turn(tx.conn(), conversation_id, w).await;
+        tx.finish(r).await
     }
 
     /// Stores one message on its own (an agent's reply, a system note).
     pub async fn add_message(&self, conversation_id: &str, m: &NewMessage) -> Result<String> {
-        let mut tx = self.writer.begin().await?;
-        let at = now_ms();
-        let updated = sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
-            .bind(at)
-            .bind(conversation_id)
-            .execute(&mut *tx)
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NoConversation(conversation_id.into()));
-        }
-        let id = insert_message(&mut tx, conversation_id, m, at).await?;
-        tx.commit().await?;
-        Ok(id)
+        let mut w = self.begin_write().await?;
+        let r = add_message(w.conn(), conversation_id, m).await;
+        w.finish(r).await
     }
 
     /// Updates a conversation's status and dialogue state.
     pub async fn set_state(&self, conversation_id: &str, status: &str, state: &str) -> Result<()> {
-        let r = sqlx::query(
-            "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
-        )
-        .bind(status)
-        .bind(state)
-        .bind(now_ms())
-        .bind(conversation_id)
-        .execute(&self.writer)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NoConversation(conversation_id.into()));
-        }
-        Ok(())
+        let mut w = self.begin_write().await?;
+        let r = set_state(w.conn(), conversation_id, status, state, now_ms()).await;
+        w.finish(r).await
     }
 
     /// The last `limit` messages of a conversation, oldest first.
@@ -556,8 +893,7 @@ impl Store {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<Message>> {
-        self.by_id("SELECT * FROM messages WHERE id = $1", id, message)
-            .await
+        self.by_id(MESSAGE_BY_ID, id, message).await
     }
 
     pub async fn escalate(
@@ -566,44 +902,56 @@ impl Store {
         reason: &str,
         sentiment_score: Option<f32>,
     ) -> Result<Escalation> {
-        let mut conn = self.writer.acquire().await?;
-        insert_escalation(&mut conn, conversation_id, reason, sentiment_score).await
+        let mut w = self.begin_write().await?;
+        let r = insert_escalation(w.conn(), conversation_id, reason, sentiment_score).await;
+        w.finish(r).await
     }
 
     /// The conversation's escalation that is not resolved yet, if any.
     pub async fn open_escalation(&self, conversation_id: &str) -> Result<Option<Escalation>> {
-        self.by_id(
-            "SELECT * FROM escalations WHERE conversation_id = $1 AND status IN ('open', 'claimed') \
-             ORDER BY created_at DESC, id LIMIT 1",
-            conversation_id,
-            escalation,
-        )
-        .await
+        self.by_id(OPEN_ESCALATION, conversation_id, escalation)
+            .await
     }
 
     /// A named server secret (the session-signing key), created with `make` on first use. The
-    /// first writer wins, so servers sharing a database agree on it.
-    pub async fn secret(&self, name: &str, make: impl FnOnce() -> String) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(make())
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    /// first writer wins, so servers sharing a database agree on it. Secrets named in `retire`
+    /// (made by older versions) are deleted in the same transaction.
+    pub async fn secret(
+        &self,
+        name: &str,
+        retire: &[&str],
+        make: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let mut w = self.begin_write().await?;
+        let r = async {
+            for old in retire {
+                sqlx::query("DELETE FROM server_secrets WHERE name = $1")
+                    .bind(old)
+                    .execute(w.conn())
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(make())
+            .bind(now_ms())
+            .execute(w.conn())
+            .await?;
+            Ok(
+                sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(w.conn())
+                    .await?,
+            )
+        }
+        .await;
+        w.finish(r).await
     }
 
     pub async fn escalation(&self, id: &str) -> Result<Option<Escalation>> {
-        self.by_id("SELECT * FROM escalations WHERE id = $1", id, escalation)
-            .await
+        self.by_id(ESCALATION_BY_ID, id, escalation).await
     }
 
     /// Escalations with `status` (any when `None`): open ones longest-waiting first, the others
@@ -623,47 +971,18 @@ impl Store {
         rows.iter().map(escalation).collect()
     }
 
-    /// Applies a guarded status change; when no row changed, says why.
-    async fn transition(&self, id: &str, sql: &'static str, agent: &str) -> Result<Escalation> {
-        let r = sqlx::query(sql)
-            .bind(agent)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        let e = self
-            .escalation(id)
-            .await?
-            .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::EscalationState {
-                id: id.into(),
-                status: e.status,
-            });
-        }
-        Ok(e)
-    }
-
-    /// open → claimed. Exactly one agent wins a claim race (the guard is in the UPDATE).
+    /// open → claimed. Exactly one agent wins a claim race.
     pub async fn claim(&self, id: &str, agent: &str) -> Result<Escalation> {
-        self.transition(
-            id,
-            "UPDATE escalations SET status = 'claimed', agent = $1, claimed_at = $2 \
-             WHERE id = $3 AND status = 'open'",
-            agent,
-        )
-        .await
+        let mut w = self.begin_write().await?;
+        let r = claim(w.conn(), id, agent).await;
+        w.finish(r).await
     }
 
-    /// open | claimed → resolved.
+    /// open | claimed (by `agent`) → resolved.
     pub async fn resolve(&self, id: &str, agent: &str) -> Result<Escalation> {
-        self.transition(
-            id,
-            "UPDATE escalations SET status = 'resolved', agent = $1, resolved_at = $2 \
-             WHERE id = $3 AND status IN ('open', 'claimed')",
-            agent,
-        )
-        .await
+        let mut w = self.begin_write().await?;
+        let r = resolve(w.conn(), id, agent).await;
+        w.finish(r).await
     }
 
     /// A shopper's "was this helpful?" on a bot message.
@@ -671,16 +990,9 @@ impl Store {
         if self.message(message_id).await?.is_none() {
             return Err(StoreError::NoMessage(message_id.into()));
         }
-        sqlx::query(
-            "INSERT INTO feedback (id, message_id, kind, helpful, created_at) VALUES ($1, $2, 'helpful', $3, $4)",
-        )
-        .bind(new_id())
-        .bind(message_id)
-        .bind(i64::from(helpful))
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut w = self.begin_write().await?;
+        let r = add_helpful(w.conn(), message_id, helpful).await;
+        w.finish(r).await
     }
 
     /// An agent's correction of a message's intent and/or sentiment.
@@ -694,7 +1006,8 @@ impl Store {
         if self.message(message_id).await?.is_none() {
             return Err(StoreError::NoMessage(message_id.into()));
         }
-        sqlx::query(
+        let mut w = self.begin_write().await?;
+        let r = sqlx::query(
             "INSERT INTO feedback (id, message_id, kind, intent, sentiment, agent, created_at) \
              VALUES ($1, $2, 'relabel', $3, $4, $5, $6)",
         )
@@ -704,9 +1017,11 @@ impl Store {
         .bind(sentiment)
         .bind(agent)
         .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        .execute(w.conn())
+        .await
+        .map(|_| ())
+        .map_err(StoreError::from);
+        w.finish(r).await
     }
 
     /// The agents' corrections of one conversation's messages, oldest first.
@@ -733,6 +1048,24 @@ impl Store {
         .await?;
         rows.iter().map(relabel_row).collect()
     }
+}
+
+/// A shopper's thumbs up/down on a bot message, inside a transaction.
+pub async fn add_helpful(
+    conn: &mut SqliteConnection,
+    message_id: &str,
+    helpful: bool,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO feedback (id, message_id, kind, helpful, created_at) VALUES ($1, $2, 'helpful', $3, $4)",
+    )
+    .bind(new_id())
+    .bind(message_id)
+    .bind(i64::from(helpful))
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn relabel_row(r: &sqlx::sqlite::SqliteRow) -> Result<Relabel> {

@@ -119,9 +119,19 @@ async fn escalations_claim_once_resolve_and_list() {
     assert!(claimed.claimed_at.is_some());
     let err = s.claim(&e.id, "cy").await.expect_err("already claimed");
     assert!(err.to_string().contains("already claimed"), "{err}");
-    let r = s.resolve(&e.id, "ann").await.expect("resolve");
+    let (winner, loser) = if x.is_ok() {
+        ("ann", "bob")
+    } else {
+        ("bob", "ann")
+    };
+    // Only the agent who claimed it may resolve it; the check is in the same UPDATE.
+    assert!(matches!(
+        s.resolve(&e.id, loser).await,
+        Err(StoreError::ClaimedByOther { .. })
+    ));
+    let r = s.resolve(&e.id, winner).await.expect("resolve");
     assert_eq!(r.status, "resolved");
-    assert!(s.resolve(&e.id, "ann").await.is_err());
+    assert!(s.resolve(&e.id, winner).await.is_err());
     assert_eq!(
         s.escalations(Some("open"), 10).await.expect("list").len(),
         1
@@ -262,13 +272,131 @@ async fn a_turn_with_an_escalation_is_one_transaction() {
 async fn secrets_are_made_once_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
-    let a = s.secret("k", || "first".into()).await.expect("secret");
-    let b = s.secret("k", || "second".into()).await.expect("secret");
+    let a = s.secret("k", &[], || "first".into()).await.expect("secret");
+    let b = s
+        .secret("k", &[], || "second".into())
+        .await
+        .expect("secret");
     assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
     drop(s);
     let s = open(&dir).await;
     assert_eq!(
-        s.secret("k", || "third".into()).await.expect("secret"),
+        s.secret("k", &[], || "third".into()).await.expect("secret"),
         "first"
     );
+    // A newer key retires the old one: it is gone from the database.
+    assert_eq!(
+        s.secret("k2", &["k"], || "fresh".into())
+            .await
+            .expect("secret"),
+        "fresh"
+    );
+    assert_eq!(
+        s.secret("k", &[], || "remade".into())
+            .await
+            .expect("secret"),
+        "remade",
+        "the retired secret was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_rolls_back_replaces_the_connection_and_the_next_write_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", "bot", "{}")
+        .await
+        .expect("create");
+    assert!(s.check_writable().await.ok);
+    // A database that may not grow (as on a full disk): SQLITE_FULL inside the transaction.
+    let mut w = s.begin_write().await.expect("begin");
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(w.conn())
+        .await
+        .expect("page_count");
+    // `pages` is an integer the database just returned: no injection.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA max_page_count = {pages}"
+    )))
+    .execute(w.conn())
+    .await
+    .expect("limit");
+    let big = "x".repeat(64 * 1024);
+    let r = insert_message(
+        w.conn(),
+        &c.id,
+        &NewMessage {
+            role: "shopper".into(),
+            text: big,
+            ..NewMessage::default()
+        },
+        now_ms(),
+    )
+    .await;
+    assert!(r.is_err(), "the database is full");
+    let err = w.finish(r).await.expect_err("no commit");
+    assert!(err.to_string().to_lowercase().contains("full"), "{err}");
+    // Not ready while the last write failed, and says why.
+    let w = s.check_writable().await;
+    assert!(
+        !w.ok && w.reason.as_deref().is_some_and(|r| r.contains("full")),
+        "{w:?}"
+    );
+    assert_eq!(w.connections_replaced, 1);
+    // The fresh connection has no limit: the next turn commits and is readable elsewhere.
+    let ids = s
+        .write_turn(
+            &c.id,
+            &TurnWrite {
+                shopper: Some(&NewMessage {
+                    role: "shopper".into(),
+                    text: "hello again".into(),
+                    ..NewMessage::default()
+                }),
+                reply: None,
+                status: "bot",
+                state: "{}",
+                escalation: None,
+            },
+        )
+        .await
+        .expect("commits");
+    let m = s
+        .message(ids.shopper.as_deref().expect("id"))
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(m.text, "hello again");
+    assert_eq!(
+        s.messages(&c.id, 10).await.expect("read").len(),
+        1,
+        "nothing half-written"
+    );
+    assert!(
+        s.check_writable().await.ok,
+        "a good write since the failure"
+    );
+}
+
+#[tokio::test]
+async fn a_write_dropped_half_way_rolls_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", "bot", "{}")
+        .await
+        .expect("create");
+    {
+        let mut w = s.begin_write().await.expect("begin");
+        set_state(w.conn(), &c.id, "waiting", "{\"x\":1}", now_ms())
+            .await
+            .expect("update");
+        // Dropped without finish: a cancelled request.
+    }
+    let after = s.conversation(&c.id).await.expect("read").expect("c");
+    assert_eq!(after.status, "bot");
+    s.set_state(&c.id, "waiting", "{}")
+        .await
+        .expect("the writer works");
 }

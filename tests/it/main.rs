@@ -3,6 +3,8 @@
 mod cli;
 mod common;
 mod faq;
+mod faults;
 mod nlu;
 mod recommend;
+mod security;
 mod server;

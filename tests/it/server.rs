@@ -19,6 +19,7 @@ use shopdesk::server::{AgentEntry, EngineConfig, Limits, ServerConfig};
 use crate::common;
 
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// The demo shop's FAQ index and recommender, built once per test run by the real CLI.
 pub struct DemoShop {
@@ -98,6 +99,12 @@ pub fn config(db: &Path, limits: Limits) -> ServerConfig {
             name: "Alex".into(),
             token_sha256: hash_token(AGENT_TOKEN),
         }],
+        admins: vec![AgentEntry {
+            name: "ops".into(),
+            token_sha256: hash_token(ADMIN_TOKEN),
+        }],
+        api_keys: Vec::new(),
+        trusted_proxies: Default::default(),
         allowed_origins: vec!["https://shop.example".into()],
         limits,
         web_dir: None,
@@ -107,9 +114,15 @@ pub fn config(db: &Path, limits: Limits) -> ServerConfig {
 /// Starts a server on its own runtime thread (alive until the test process ends) and waits
 /// until it is ready.
 pub fn start(limits: Limits) -> SocketAddr {
+    start_with(|c| c.limits = limits)
+}
+
+/// `start` with a configuration changed by `f`.
+pub fn start_with(f: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
     let shop = demo_shop();
     let db = shop.root.join(format!("t{}.db", fastrand::u64(..)));
-    let cfg = config(&db, limits);
+    let mut cfg = config(&db, Limits::default());
+    f(&mut cfg);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +157,10 @@ pub fn wait_ready(addr: SocketAddr) {
 }
 
 /// The shared server of the tests that need no special limits.
+pub fn shared_server() -> SocketAddr {
+    server()
+}
+
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| start(Limits::default()))
@@ -274,6 +291,11 @@ impl Shopper {
         })
         .await
         .expect("the server closes the socket within 10 s")
+    }
+
+    /// Messages sent so far (the last client id is `c{sent}`).
+    pub fn sent(&self) -> u32 {
+        self.n
     }
 
     pub async fn send_raw(&mut self, text: String) {
@@ -814,7 +836,7 @@ async fn rate_limits_answer_rate_limited_then_close_abusers() {
 }
 
 /// `shopdesk serve` as a child process on a random port, ready.
-fn spawn_server(db: &Path) -> (std::process::Child, SocketAddr) {
+pub fn spawn_server(db: &Path) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
     let shop = demo_shop();
     let mut child = Command::new(common::bin())
@@ -918,9 +940,15 @@ fn every_acknowledged_message_survives_kill_9() {
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A task's assertion failure (a reply to the wrong message, an unexpected frame) must fail
+    // the test, not vanish with the task.
     rt.block_on(async {
         for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), t).await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
         }
     });
     let acked = acked.lock().expect("lock").clone();

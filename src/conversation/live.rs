@@ -2,6 +2,7 @@
 //! tabs open; agent replies reach all of them) and a per-conversation lock so a shopper's turn
 //! and an agent's claim never overwrite each other's dialogue state. One process: servers that
 //! share a PostgreSQL database will need the database's row locks and LISTEN/NOTIFY instead.
+//! Only the conversation service publishes here, after its transaction committed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::protocol::ServerFrame;
+use crate::protocol::ServerFrame;
 use crate::store::{Escalation, Message};
 
 pub struct Conversation {
     /// Held while a turn or an agent action reads and writes this conversation.
-    pub lock: tokio::sync::Mutex<()>,
+    pub lock: Arc<tokio::sync::Mutex<()>>,
     pub frames: broadcast::Sender<ServerFrame>,
 }
 
@@ -60,7 +61,7 @@ impl Live {
         map.entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(Conversation {
-                    lock: tokio::sync::Mutex::new(()),
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
                     frames: broadcast::channel(64).0,
                 })
             })

@@ -1,6 +1,6 @@
-//! One shopper turn, end to end except storage: NLU (on the NLU worker), then slots, FAQ search,
-//! the dialogue policy and recommendations — CPU work that runs on tokio's blocking pool, never
-//! on the async workers.
+//! The real [`Brain`]: the NLU worker, slots, FAQ search, the dialogue policy and
+//! recommendations — CPU work that runs on the NLU worker or tokio's blocking pool, never on
+//! the async workers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +15,19 @@ use crate::nlu::slots::{SlotExtractor, SlotKind};
 use crate::nlu::{Classification, Nlu, NluConfig};
 use crate::recommend::{Filters, Recommendation, Recommender};
 
-use super::error::ServerError;
-use super::protocol::{Label, ProductOut, SentimentOut};
+use super::{intent_label, Brain};
+use crate::nlu::NluError;
+use crate::protocol::{Label, ProductOut};
+use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
+
+/// Why the engine could not load: what, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the {what}: {reason}")]
+pub struct LoadError {
+    pub what: &'static str,
+    pub reason: String,
+}
 
 /// Where the engine's parts live.
 #[derive(Debug, Clone)]
@@ -32,7 +43,10 @@ pub struct EngineConfig {
 /// The loaded models, index, templates and policy. Shared by every connection.
 pub struct Engine {
     pub nlu: Nlu,
-    pub faq: FaqIndex,
+    /// The FAQ index's current generation; [`Engine::reload`] swaps in a newer one while turns
+    /// keep reading the one they started with.
+    pub faq: ArcSwap<FaqIndex>,
+    index_dir: PathBuf,
     pub filler: Filler,
     pub policy: Policy,
     pub slots: SlotExtractor,
@@ -43,6 +57,13 @@ pub struct Engine {
     /// my order?") better than a head trained on another corpus.
     pub faq_intent_min_cosine: f32,
     pub locale: String,
+}
+
+/// What a reload did: FAQ entries now served, whether a recommender was reloaded; or why not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub faq: Result<usize, String>,
+    pub recommender: Result<bool, String>,
 }
 
 /// What one turn decided, ready to store and send.
@@ -58,36 +79,33 @@ pub struct TurnResult {
 impl Engine {
     /// Loads everything (blocking: ~100 MB of files). Errors name what is missing and how to
     /// make it.
-    pub fn load(cfg: &EngineConfig) -> Result<Engine, ServerError> {
-        let nlu = Nlu::start(cfg.nlu.clone()).map_err(|e| ServerError::Load {
+    pub fn load(cfg: &EngineConfig) -> Result<Engine, LoadError> {
+        let nlu = Nlu::start(cfg.nlu.clone()).map_err(|e| LoadError {
             what: "NLU models",
             reason: format!("{e} (run `shopdesk models fetch`)"),
         })?;
-        let faq = faq::open(&cfg.index_dir, Some(&nlu.info().encoder_sha256)).map_err(|e| {
-            ServerError::Load {
+        let faq =
+            faq::open(&cfg.index_dir, Some(&nlu.info().encoder_sha256)).map_err(|e| LoadError {
                 what: "FAQ index",
                 reason: format!(
                     "{e} (build it with `shopdesk index build --faq index/demo-faq.csv`)"
                 ),
-            }
+            })?;
+        let filler = Filler::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| LoadError {
+            what: "reply templates",
+            reason: e.to_string(),
         })?;
-        let filler =
-            Filler::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| ServerError::Load {
-                what: "reply templates",
-                reason: e.to_string(),
-            })?;
-        let policy =
-            Policy::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| ServerError::Load {
-                what: "dialogue policy",
-                reason: e.to_string(),
-            })?;
+        let policy = Policy::load(&cfg.prompts_dir, &cfg.locale).map_err(|e| LoadError {
+            what: "dialogue policy",
+            reason: e.to_string(),
+        })?;
         let unknown: Vec<String> = policy
             .intents_named()
             .into_iter()
             .filter(|i| !nlu.info().intent_labels.contains(i))
             .collect();
         if !unknown.is_empty() {
-            return Err(ServerError::Load {
+            return Err(LoadError {
                 what: "dialogue policy",
                 reason: format!(
                     "prompts/dialogue.toml names intents the intent head does not know: {}",
@@ -97,7 +115,7 @@ impl Engine {
         }
         let recommender = if cfg.recommend_dir.join("manifest.json").exists() {
             Some(
-                Recommender::load(&cfg.recommend_dir).map_err(|e| ServerError::Load {
+                Recommender::load(&cfg.recommend_dir).map_err(|e| LoadError {
                     what: "recommendation model",
                     reason: e.to_string(),
                 })?,
@@ -115,7 +133,8 @@ impl Engine {
         };
         Ok(Engine {
             nlu,
-            faq,
+            faq: ArcSwap::from_pointee(faq),
+            index_dir: cfg.index_dir.clone(),
             filler,
             policy,
             slots,
@@ -124,6 +143,27 @@ impl Engine {
             faq_intent_min_cosine: 0.6,
             locale: cfg.locale.clone(),
         })
+    }
+
+    /// Opens the FAQ index's newest generation and the recommendation model again and swaps
+    /// them in (SIGHUP, `POST /v1/admin/reload`). Blocking. What fails keeps its old version;
+    /// the report says what was reloaded and what was not.
+    pub fn reload(&self) -> ReloadReport {
+        let faq = match faq::open(&self.index_dir, Some(&self.nlu.info().encoder_sha256)) {
+            Ok(f) => {
+                let n = f.len();
+                self.faq.store(Arc::new(f));
+                Ok(n)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let recommender = match &self.recommender {
+            Some(r) => r.reload().map(|_| true).map_err(|e| e.to_string()),
+            None => Ok(false),
+        };
+        let report = ReloadReport { faq, recommender };
+        tracing::info!(?report, "reloaded");
+        report
     }
 
     /// The blocking part of a turn: slots, FAQ, policy, products. Updates `state`.
@@ -185,6 +225,7 @@ impl Engine {
         };
         let hit = self
             .faq
+            .load()
             .search(text, embedding, None, &opts)
             .ok()?
             .into_iter()
@@ -242,25 +283,6 @@ pub fn product_out(r: &Recommendation) -> ProductOut {
     }
 }
 
-pub fn intent_label(cls: &Classification) -> Option<Label> {
-    cls.intent.as_ref().map(|p| Label {
-        name: if p.out_of_scope {
-            "out_of_scope".into()
-        } else {
-            p.label.clone()
-        },
-        confidence: p.confidence,
-        source: "nlu".into(),
-    })
-}
-
-pub fn sentiment_out(cls: &Classification) -> Option<SentimentOut> {
-    cls.sentiment.as_ref().map(|p| SentimentOut {
-        label: p.label.clone(),
-        score: p.confidence,
-    })
-}
-
 /// The FAQ and templates as the policy sees them during one turn.
 struct TurnKnowledge<'a> {
     engine: &'a Engine,
@@ -271,7 +293,12 @@ impl Knowledge for TurnKnowledge<'_> {
     fn answer(&self, text: &str, intent: Option<&str>) -> Option<KnownAnswer> {
         let t = Instant::now();
         let opts = &self.engine.search;
-        let hits = match self.engine.faq.search(text, self.embedding, intent, opts) {
+        let hits = match self
+            .engine
+            .faq
+            .load()
+            .search(text, self.embedding, intent, opts)
+        {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!("FAQ search failed: {e}");
@@ -298,6 +325,45 @@ impl Knowledge for TurnKnowledge<'_> {
     }
     fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
         self.engine.filler.fill(template, slots)
+    }
+}
+
+impl Brain for Engine {
+    fn understand(&self, text: String) -> BoxFuture<'static, Result<Classification, NluError>> {
+        let nlu = self.nlu.clone();
+        Box::pin(async move {
+            let mut v = nlu.classify_embed(vec![text]).await?;
+            if v.is_empty() {
+                return Err(NluError::Invalid("no classification".into()));
+            }
+            Ok(v.swap_remove(0))
+        })
+    }
+
+    fn decide(
+        &self,
+        state: &mut State,
+        text: &str,
+        cls: &Classification,
+        customer_id: Option<&str>,
+    ) -> TurnResult {
+        Engine::decide(self, state, text, cls, customer_id)
+    }
+
+    fn redact_for_storage(&self, text: &str) -> String {
+        self.slots.redact(text, &[SlotKind::CardNumber])
+    }
+
+    fn redact_for_log(&self, text: &str) -> String {
+        self.slots.redact(text, crate::nlu::slots::PERSONAL)
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn escalation_text(&self, state: &State) -> String {
+        Engine::escalation_text(self, state)
     }
 }
 

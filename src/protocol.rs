@@ -1,4 +1,5 @@
 //! The shopper websocket's frames (`docs/protocol.md`): JSON text frames tagged by `type`.
+//! Shared by `conversation` (which builds the answers and events) and `server` (which sends them).
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +110,9 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
+        /// Sending the same frame again later may succeed (storage or the assistant was
+        /// unavailable, or busy); nothing of the failed request was stored.
+        retryable: bool,
     },
 }
 
@@ -119,6 +123,8 @@ pub enum ErrorCode {
     TooLong,
     RateLimited,
     Unauthorized,
+    /// Storage or the models are unavailable right now; nothing was stored. Retry later.
+    Unavailable,
     Internal,
 }
 
@@ -129,7 +135,16 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn retryable(self) -> bool {
+        match self {
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal => true,
+            ErrorCode::BadRequest | ErrorCode::TooLong | ErrorCode::Unauthorized => false,
         }
     }
 }
@@ -139,13 +154,15 @@ impl ServerFrame {
         ServerFrame::Error {
             code,
             message: message.into(),
+            retryable: code.retryable(),
         }
     }
 
     pub fn to_json(&self) -> String {
         // Serialising these plain structs cannot fail; keep a valid frame if it ever does.
         serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"type":"error","code":"internal","message":"cannot encode reply"}"#.into()
+            r#"{"type":"error","code":"internal","message":"cannot encode reply","retryable":true}"#
+                .into()
         })
     }
 }
@@ -204,7 +221,7 @@ mod tests {
         let f = ServerFrame::error(ErrorCode::TooLong, "too long");
         assert_eq!(
             f.to_json(),
-            r#"{"type":"error","code":"too_long","message":"too long"}"#
+            r#"{"type":"error","code":"too_long","message":"too long","retryable":false}"#
         );
         assert_eq!(ServerFrame::Typing.to_json(), r#"{"type":"typing"}"#);
         assert_eq!(ServerFrame::Resolved.to_json(), r#"{"type":"resolved"}"#);
