@@ -49,6 +49,55 @@ impl Default for ConnLimits {
     }
 }
 
+/// Fits the total connection cap under the process's open-file limit, so the caps refuse
+/// connections before `accept` starts failing with EMFILE (which took the server offline: the
+/// database and model files need descriptors too). Raises the soft limit to the hard one first,
+/// as servers do. Leaves 128 descriptors for everything else. 0 (no cap) becomes the fd budget.
+pub fn fit_to_fd_limit(configured: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit write/read the struct we own.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return configured;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+            lim.rlim_cur
+        };
+        let budget = usize::try_from(soft)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(128)
+            .max(16);
+        let total = if configured == 0 {
+            budget
+        } else {
+            configured.min(budget)
+        };
+        if total < configured {
+            tracing::warn!(
+                open_files = soft,
+                total,
+                "the open-file limit caps connections below the configured total"
+            );
+        }
+        total
+    }
+    #[cfg(not(unix))]
+    configured
+}
+
 /// A connection's place in the caps, carried in each request's extensions so that a socket
 /// upgraded to a websocket keeps counting against its address until it closes.
 #[derive(Clone)]
@@ -195,6 +244,14 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_total_cap_fits_under_the_open_file_limit() {
+        let total = fit_to_fd_limit(usize::MAX);
+        assert!(total < usize::MAX && total >= 16, "{total}");
+        assert_eq!(fit_to_fd_limit(10), 10, "a small cap stays");
+        assert_eq!(fit_to_fd_limit(0), total, "no cap becomes the fd budget");
+    }
 
     #[test]
     fn caps_per_address_and_in_total_and_frees_on_drop() {

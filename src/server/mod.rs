@@ -253,7 +253,8 @@ pub async fn start(
             app.closing.send_replace(true);
         }
     };
-    let conn_limits = app.config.limits.conn.clone();
+    let mut conn_limits = app.config.limits.conn.clone();
+    conn_limits.max_total = listen::fit_to_fd_limit(conn_limits.max_total);
     let trusted = app.config.trusted_proxies.clone();
     let metrics = app.metrics.clone();
     let handle = tokio::spawn(listen::serve(
