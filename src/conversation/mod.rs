@@ -33,7 +33,8 @@ use crate::dialogue::{EscalationReason, Policy, State, Status};
 use crate::nlu::{Classification, NluError};
 use crate::protocol::{Label, SentimentOut, ServerFrame};
 use crate::store::{
-    self, Conversation, Escalation, Message, NewMessage, Store, StoreError, TurnWrite,
+    self, Conversation, ConversationStatus, Escalation, EscalationStatus, Message, NewMessage,
+    Role, Store, StoreError, TurnWrite,
 };
 
 /// Why a conversation action failed. `server::error` maps each kind to an HTTP status and a
@@ -123,12 +124,13 @@ pub struct TurnOutcome {
     pub stages: Stages,
 }
 
-pub fn status_name(s: Status) -> &'static str {
+/// The dialogue's status as stored.
+pub fn stored_status(s: Status) -> ConversationStatus {
     match s {
-        Status::Bot => "bot",
-        Status::Waiting => "waiting",
-        Status::Claimed => "claimed",
-        Status::Resolved => "resolved",
+        Status::Bot => ConversationStatus::Bot,
+        Status::Waiting => ConversationStatus::Waiting,
+        Status::Claimed => ConversationStatus::Claimed,
+        Status::Resolved => ConversationStatus::Resolved,
     }
 }
 
@@ -277,7 +279,12 @@ impl Service {
             Some(c) => c,
             None => {
                 self.store
-                    .create_conversation(customer_id, locale, "bot", &state_json(&State::default()))
+                    .create_conversation(
+                        customer_id,
+                        locale,
+                        ConversationStatus::Bot,
+                        &state_json(&State::default()),
+                    )
                     .await?
             }
         };
@@ -342,7 +349,7 @@ impl Service {
         let sentiment = sentiment_out(&cls);
 
         let shopper = NewMessage {
-            role: "shopper".into(),
+            role: Role::Shopper,
             client_id: client_id.clone(),
             text: stored_text,
             intent: intent.as_ref().map(|l| l.name.clone()),
@@ -352,7 +359,7 @@ impl Service {
             ..NewMessage::default()
         };
         let reply = d.reply.as_ref().map(|r| NewMessage {
-            role: "bot".into(),
+            role: Role::Bot,
             author: Some(d.source.clone()),
             text: r.clone(),
             intent: d.intent.clone(),
@@ -363,7 +370,7 @@ impl Service {
         let write = TurnWrite {
             shopper: Some(&shopper),
             reply: reply.as_ref(),
-            status: status_name(state.status),
+            status: stored_status(state.status),
             state: &json,
             escalation: d.escalated.map(|r| (reason_name(r), negativity(&cls))),
         };
@@ -444,7 +451,7 @@ impl Service {
         helpful: bool,
     ) -> Result<Option<(ServerFrame, EscalationReason)>> {
         let m = self.store.message(message_id).await?;
-        if !m.is_some_and(|m| m.conversation_id == conversation_id && m.role == "bot") {
+        if !m.is_some_and(|m| m.conversation_id == conversation_id && m.role == Role::Bot) {
             return Err(ConversationError::BadRequest(
                 "message_id is not a bot reply of this conversation".into(),
             ));
@@ -460,7 +467,7 @@ impl Service {
         let json = state_json(&st);
         let text = escalated.map(|_| brain.escalation_text(&st));
         let reply = text.as_ref().map(|t| NewMessage {
-            role: "bot".into(),
+            role: Role::Bot,
             text: t.clone(),
             ..NewMessage::default()
         });
@@ -473,7 +480,7 @@ impl Service {
                 &TurnWrite {
                     shopper: None,
                     reply: reply.as_ref(),
-                    status: status_name(st.status),
+                    status: stored_status(st.status),
                     state: &json,
                     escalation: escalated.map(|r| (reason_name(r), None)),
                 },
@@ -598,9 +605,9 @@ impl Service {
             let now = store::escalation_in(w.conn(), escalation_id)
                 .await?
                 .ok_or_else(|| StoreError::NoEscalation(escalation_id.into()))?;
-            match (now.status.as_str(), now.agent.as_deref()) {
-                ("claimed", Some(a)) if a == agent => {}
-                ("claimed", Some(a)) => {
+            match (now.status, now.agent.as_deref()) {
+                (EscalationStatus::Claimed, Some(a)) if a == agent => {}
+                (EscalationStatus::Claimed, Some(a)) => {
                     return Err(StoreError::ClaimedByOther {
                         id: escalation_id.into(),
                         agent: a.into(),
@@ -617,7 +624,7 @@ impl Service {
                 w.conn(),
                 &e.conversation_id,
                 &NewMessage {
-                    role: "agent".into(),
+                    role: Role::Agent,
                     author: Some(agent.to_string()),
                     text: text.to_string(),
                     ..NewMessage::default()
@@ -667,7 +674,7 @@ async fn update_state(
     store::set_state(
         conn,
         conversation_id,
-        status_name(st.status),
+        stored_status(st.status),
         &state_json(&st),
         store::now_ms(),
     )

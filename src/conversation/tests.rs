@@ -177,7 +177,7 @@ async fn a_turn_stores_both_messages_and_replies_with_what_was_stored() {
     let rid = reply_id(&out.frame);
     let stored = svc.store.messages(&id, 10).await.expect("messages");
     assert_eq!(stored.len(), 2);
-    assert_eq!(stored[0].role, "shopper");
+    assert_eq!(stored[0].role, Role::Shopper);
     assert_eq!(stored[0].client_id.as_deref(), Some("m1"));
     assert_eq!(stored[1].id, rid, "the reply sent is the reply stored");
     assert_eq!(stored[1].reply_to.as_deref(), Some(stored[0].id.as_str()));
@@ -282,7 +282,11 @@ async fn escalation_claim_reply_resolve_each_commit_with_their_state_and_events(
     let winner = if a.is_ok() { "alex" } else { "sam" };
     let loser = if a.is_ok() { "sam" } else { "alex" };
     let conv = svc.store.conversation(&id).await.expect("read").expect("c");
-    assert_eq!(conv.status, "claimed", "claim and state in one transaction");
+    assert_eq!(
+        conv.status,
+        ConversationStatus::Claimed,
+        "claim and state in one transaction"
+    );
     assert!(matches!(
         frames.recv().await,
         Ok(ServerFrame::AgentJoined { .. })
@@ -303,7 +307,7 @@ async fn escalation_claim_reply_resolve_each_commit_with_their_state_and_events(
         .agent_reply(&escalation.id, winner, "Hi, I'm on it.")
         .await
         .expect("reply");
-    assert_eq!(m.role, "agent");
+    assert_eq!(m.role, Role::Agent);
     assert!(matches!(
         frames.recv().await,
         Ok(ServerFrame::AgentMessage { .. })
@@ -324,9 +328,9 @@ async fn escalation_claim_reply_resolve_each_commit_with_their_state_and_events(
         .resolve(&brain, &escalation.id, winner)
         .await
         .expect("resolve");
-    assert_eq!(done.status, "resolved");
+    assert_eq!(done.status, EscalationStatus::Resolved);
     let conv = svc.store.conversation(&id).await.expect("read").expect("c");
-    assert_eq!(conv.status, "resolved");
+    assert_eq!(conv.status, ConversationStatus::Resolved);
     assert!(matches!(frames.recv().await, Ok(ServerFrame::Resolved)));
     svc.unsubscribe(&id, entry, frames);
 }

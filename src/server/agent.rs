@@ -19,7 +19,7 @@ use super::api::Body;
 use super::error::ApiError;
 use super::App;
 use crate::conversation::{parse_state, AgentEvent};
-use crate::store::{Escalation, Message as StoredMessage};
+use crate::store::{Escalation, EscalationStatus, Message as StoredMessage, Role};
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -117,8 +117,8 @@ async fn list(
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let status = q.status.unwrap_or_else(|| "open".into());
     let filter = match status.as_str() {
-        "open" | "claimed" | "resolved" => Some(status.as_str()),
         "all" => None,
+        s @ ("open" | "claimed" | "resolved") => Some(s.parse::<EscalationStatus>()?),
         other => {
             return Err(ApiError::BadRequest(format!(
                 "status must be open, claimed, resolved or all, not {other}"
@@ -131,7 +131,7 @@ async fn list(
     for e in app.store().escalations(filter, limit).await? {
         let conv = app.store().conversation(&e.conversation_id).await?;
         let last = app.store().messages(&e.conversation_id, 10).await?;
-        let shopper = last.iter().rev().find(|m| m.role == "shopper");
+        let shopper = last.iter().rev().find(|m| m.role == Role::Shopper);
         let until = e.resolved_at.unwrap_or(now);
         items.push(ListItem {
             customer_id: conv.and_then(|c| c.customer_id),
@@ -296,7 +296,7 @@ async fn relabel(
         .message(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("message {id} not found")))?;
-    if m.role != "shopper" {
+    if m.role != Role::Shopper {
         return Err(ApiError::BadRequest(
             "only shopper messages carry intent and sentiment".into(),
         ));

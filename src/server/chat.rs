@@ -315,13 +315,13 @@ impl Session {
         let welcome = ServerFrame::Welcome {
             session: app.signer.sign(&conv.id),
             conversation_id: conv.id.clone(),
-            status: conv.status.clone(),
+            status: conv.status.to_string(),
             history: opened
                 .history
                 .into_iter()
                 .map(|m| HistoryItem {
                     id: m.id,
-                    role: m.role,
+                    role: m.role.to_string(),
                     text: m.text,
                     agent: m.author,
                     reply_to: m.reply_to,

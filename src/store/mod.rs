@@ -72,12 +72,74 @@ pub fn new_id() -> String {
     hex::encode(crate::secure::random_bytes::<16>())
 }
 
+/// Declares a string-backed enum: stored and serialised as its snake_case name.
+macro_rules! stored_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(v: &str) -> Result<Self> {
+                match v {
+                    $($s => Ok($name::$v),)+
+                    other => Err(StoreError::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " '{}'"), other
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+stored_enum! {
+    /// Who wrote a message.
+    Role { Shopper = "shopper", Bot = "bot", Agent = "agent" }
+}
+
+stored_enum! {
+    /// Where a conversation stands (the dialogue's status, as stored).
+    ConversationStatus { Bot = "bot", Waiting = "waiting", Claimed = "claimed", Resolved = "resolved" }
+}
+
+stored_enum! {
+    /// Where an escalation stands.
+    EscalationStatus { Open = "open", Claimed = "claimed", Resolved = "resolved" }
+}
+
+// The enum comes from `stored_enum!`, which derives no Default.
+#[allow(clippy::derivable_impls)]
+impl Default for Role {
+    fn default() -> Self {
+        Role::Shopper
+    }
+}
+
+/// A stored enum column.
+fn column<T: FromStr<Err = StoreError>>(r: &sqlx::sqlite::SqliteRow, name: &str) -> Result<T> {
+    r.try_get::<String, _>(name)?.parse()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub id: String,
     pub customer_id: Option<String>,
     pub locale: String,
-    pub status: String,
+    pub status: ConversationStatus,
     /// The dialogue state as JSON (`dialogue::State`).
     pub state: String,
     pub created_at: i64,
@@ -87,8 +149,7 @@ pub struct Conversation {
 /// A message to store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NewMessage {
-    /// `shopper`, `bot` or `agent`.
-    pub role: String,
+    pub role: Role,
     pub author: Option<String>,
     pub client_id: Option<String>,
     pub text: String,
@@ -104,7 +165,7 @@ pub struct Message {
     pub id: String,
     pub conversation_id: String,
     pub seq: i64,
-    pub role: String,
+    pub role: Role,
     pub author: Option<String>,
     pub client_id: Option<String>,
     pub text: String,
@@ -121,8 +182,7 @@ pub struct Escalation {
     pub id: String,
     pub conversation_id: String,
     pub reason: String,
-    /// `open`, `claimed` or `resolved`.
-    pub status: String,
+    pub status: EscalationStatus,
     pub agent: Option<String>,
     pub sentiment_score: Option<f32>,
     pub created_at: i64,
@@ -144,7 +204,7 @@ pub struct Relabel {
 pub struct TurnWrite<'a> {
     pub shopper: Option<&'a NewMessage>,
     pub reply: Option<&'a NewMessage>,
-    pub status: &'a str,
+    pub status: ConversationStatus,
     pub state: &'a str,
     /// A new escalation: reason and the sentiment score that caused it.
     pub escalation: Option<(&'a str, Option<f32>)>,
@@ -320,7 +380,7 @@ fn conversation(r: &sqlx::sqlite::SqliteRow) -> Result<Conversation> {
         id: r.try_get("id")?,
         customer_id: r.try_get("customer_id")?,
         locale: r.try_get("locale")?,
-        status: r.try_get("status")?,
+        status: column(r, "status")?,
         state: r.try_get("state")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -332,7 +392,7 @@ fn message(r: &sqlx::sqlite::SqliteRow) -> Result<Message> {
         id: r.try_get("id")?,
         conversation_id: r.try_get("conversation_id")?,
         seq: r.try_get("seq")?,
-        role: r.try_get("role")?,
+        role: column(r, "role")?,
         author: r.try_get("author")?,
         client_id: r.try_get("client_id")?,
         text: r.try_get("text")?,
@@ -350,7 +410,7 @@ fn escalation(r: &sqlx::sqlite::SqliteRow) -> Result<Escalation> {
         id: r.try_get("id")?,
         conversation_id: r.try_get("conversation_id")?,
         reason: r.try_get("reason")?,
-        status: r.try_get("status")?,
+        status: column(r, "status")?,
         agent: r.try_get("agent")?,
         sentiment_score: r.try_get("sentiment_score")?,
         created_at: r.try_get("created_at")?,
@@ -369,7 +429,7 @@ async fn insert_escalation(
         id: new_id(),
         conversation_id: conversation_id.into(),
         reason: reason.into(),
-        status: "open".into(),
+        status: EscalationStatus::Open,
         agent: None,
         sentiment_score,
         created_at: now_ms(),
@@ -383,7 +443,7 @@ async fn insert_escalation(
     .bind(&e.id)
     .bind(&e.conversation_id)
     .bind(&e.reason)
-    .bind(&e.status)
+    .bind(e.status.as_str())
     .bind(e.sentiment_score)
     .bind(e.created_at)
     .execute(&mut *conn)
@@ -413,7 +473,7 @@ async fn insert_message(
     .bind(&id)
     .bind(conversation_id)
     .bind(seq)
-    .bind(&m.role)
+    .bind(m.role.as_str())
     .bind(&m.author)
     .bind(&m.client_id)
     .bind(&m.text)
@@ -485,14 +545,14 @@ pub async fn add_message(
 pub async fn set_state(
     conn: &mut SqliteConnection,
     conversation_id: &str,
-    status: &str,
+    status: ConversationStatus,
     state: &str,
     at: i64,
 ) -> Result<()> {
     let r = sqlx::query(
         "UPDATE conversations SET status = $1, state = $2, updated_at = $3 WHERE id = $4",
     )
-    .bind(status)
+    .bind(status.as_str())
     .bind(state)
     .bind(at)
     .bind(conversation_id)
@@ -571,7 +631,7 @@ async fn transition(
     if r.rows_affected() == 0 {
         return Err(StoreError::EscalationState {
             id: id.into(),
-            status: e.status,
+            status: e.status.to_string(),
         });
     }
     Ok(e)
@@ -606,7 +666,7 @@ pub async fn resolve(conn: &mut SqliteConnection, id: &str, agent: &str) -> Resu
         .await?
         .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
     if r.rows_affected() == 0 {
-        if let (Some(owner), "claimed") = (e.agent.as_deref(), e.status.as_str()) {
+        if let (Some(owner), EscalationStatus::Claimed) = (e.agent.as_deref(), e.status) {
             return Err(StoreError::ClaimedByOther {
                 id: id.into(),
                 agent: owner.into(),
@@ -614,7 +674,7 @@ pub async fn resolve(conn: &mut SqliteConnection, id: &str, agent: &str) -> Resu
         }
         return Err(StoreError::EscalationState {
             id: id.into(),
-            status: e.status,
+            status: e.status.to_string(),
         });
     }
     Ok(e)
@@ -797,7 +857,7 @@ impl Store {
         &self,
         customer_id: Option<&str>,
         locale: &str,
-        status: &str,
+        status: ConversationStatus,
         state: &str,
     ) -> Result<Conversation> {
         let at = now_ms();
@@ -805,7 +865,7 @@ impl Store {
             id: new_id(),
             customer_id: customer_id.map(String::from),
             locale: locale.into(),
-            status: status.into(),
+            status,
             state: state.into(),
             created_at: at,
             updated_at: at,
@@ -818,7 +878,7 @@ impl Store {
         .bind(&c.id)
         .bind(&c.customer_id)
         .bind(&c.locale)
-        .bind(&c.status)
+        .bind(c.status.as_str())
         .bind(&c.state)
         .bind(c.created_at)
         .bind(c.updated_at)
@@ -838,7 +898,7 @@ impl Store {
         conversation_id: &str,
         shopper: &NewMessage,
         reply: Option<&NewMessage>,
-        status: &str,
+        status: ConversationStatus,
         state: &str,
     ) -> Result<(String, Option<String>)> {
         let ids = self
@@ -873,7 +933,12 @@ impl Store {
     }
 
     /// Updates a conversation's status and dialogue state.
-    pub async fn set_state(&self, conversation_id: &str, status: &str, state: &str) -> Result<()> {
+    pub async fn set_state(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        state: &str,
+    ) -> Result<()> {
         let mut w = self.begin_write().await?;
         let r = set_state(w.conn(), conversation_id, status, state, now_ms()).await;
         w.finish(r).await
@@ -956,15 +1021,19 @@ impl Store {
 
     /// Escalations with `status` (any when `None`): open ones longest-waiting first, the others
     /// newest first.
-    pub async fn escalations(&self, status: Option<&str>, limit: i64) -> Result<Vec<Escalation>> {
-        let sql = if status == Some("open") {
+    pub async fn escalations(
+        &self,
+        status: Option<EscalationStatus>,
+        limit: i64,
+    ) -> Result<Vec<Escalation>> {
+        let sql = if status == Some(EscalationStatus::Open) {
             "SELECT * FROM escalations WHERE status = 'open' ORDER BY created_at ASC, id LIMIT $2"
         } else {
             "SELECT * FROM escalations WHERE ($1 IS NULL OR status = $1) \
              ORDER BY created_at DESC, id LIMIT $2"
         };
         let rows = sqlx::query(sql)
-            .bind(status)
+            .bind(status.map(EscalationStatus::as_str))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;

@@ -9,7 +9,7 @@ async fn open(dir: &tempfile::TempDir) -> Store {
 
 fn shopper(text: &str) -> NewMessage {
     NewMessage {
-        role: "shopper".into(),
+        role: Role::Shopper,
         client_id: Some("c1".into()),
         text: text.into(),
         intent: Some("track_order".into()),
@@ -22,7 +22,7 @@ fn shopper(text: &str) -> NewMessage {
 
 fn bot(text: &str) -> NewMessage {
     NewMessage {
-        role: "bot".into(),
+        role: Role::Bot,
         text: text.into(),
         ..Default::default()
     }
@@ -33,7 +33,7 @@ async fn turns_are_stored_in_order_and_survive_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(Some("cust-1"), "en", "bot", "{}")
+        .create_conversation(Some("cust-1"), "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     let (a, r) = s
@@ -41,13 +41,19 @@ async fn turns_are_stored_in_order_and_survive_reopening() {
             &c.id,
             &shopper("where is my order?"),
             Some(&bot("Which order?")),
-            "bot",
+            ConversationStatus::Bot,
             "{\"turns\":1}",
         )
         .await
         .expect("turn");
     let (b, none) = s
-        .record_turn(&c.id, &shopper("4451-23"), None, "claimed", "{\"turns\":2}")
+        .record_turn(
+            &c.id,
+            &shopper("4451-23"),
+            None,
+            ConversationStatus::Claimed,
+            "{\"turns\":2}",
+        )
         .await
         .expect("turn");
     assert!(none.is_none());
@@ -73,7 +79,7 @@ async fn turns_are_stored_in_order_and_survive_reopening() {
     let last = s.messages(&c.id, 2).await.expect("messages");
     assert_eq!(last.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
     assert!(matches!(
-        s.record_turn("nope", &shopper("x"), None, "bot", "{}")
+        s.record_turn("nope", &shopper("x"), None, ConversationStatus::Bot, "{}")
             .await,
         Err(StoreError::NoConversation(_))
     ));
@@ -84,7 +90,7 @@ async fn escalations_claim_once_resolve_and_list() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(None, "en", "waiting", "{}")
+        .create_conversation(None, "en", ConversationStatus::Waiting, "{}")
         .await
         .expect("create");
     let e = s
@@ -92,7 +98,7 @@ async fn escalations_claim_once_resolve_and_list() {
         .await
         .expect("escalate");
     let c2 = s
-        .create_conversation(None, "en", "waiting", "{}")
+        .create_conversation(None, "en", ConversationStatus::Waiting, "{}")
         .await
         .expect("create");
     let e2 = s
@@ -100,7 +106,7 @@ async fn escalations_claim_once_resolve_and_list() {
         .await
         .expect("escalate");
     let open_ids: Vec<String> = s
-        .escalations(Some("open"), 10)
+        .escalations(Some(EscalationStatus::Open), 10)
         .await
         .expect("list")
         .into_iter()
@@ -115,7 +121,7 @@ async fn escalations_claim_once_resolve_and_list() {
     let (x, y) = tokio::join!(s.claim(&e.id, "ann"), s.claim(&e.id, "bob"));
     assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
     let claimed = s.escalation(&e.id).await.expect("get").expect("exists");
-    assert_eq!(claimed.status, "claimed");
+    assert_eq!(claimed.status, EscalationStatus::Claimed);
     assert!(claimed.claimed_at.is_some());
     let err = s.claim(&e.id, "cy").await.expect_err("already claimed");
     assert!(err.to_string().contains("already claimed"), "{err}");
@@ -130,10 +136,13 @@ async fn escalations_claim_once_resolve_and_list() {
         Err(StoreError::ClaimedByOther { .. })
     ));
     let r = s.resolve(&e.id, winner).await.expect("resolve");
-    assert_eq!(r.status, "resolved");
+    assert_eq!(r.status, EscalationStatus::Resolved);
     assert!(s.resolve(&e.id, winner).await.is_err());
     assert_eq!(
-        s.escalations(Some("open"), 10).await.expect("list").len(),
+        s.escalations(Some(EscalationStatus::Open), 10)
+            .await
+            .expect("list")
+            .len(),
         1
     );
     assert_eq!(s.escalations(None, 10).await.expect("list").len(), 2);
@@ -148,7 +157,7 @@ async fn feedback_and_relabels() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(None, "en", "bot", "{}")
+        .create_conversation(None, "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     let (m, r) = s
@@ -156,7 +165,7 @@ async fn feedback_and_relabels() {
             &c.id,
             &shopper("I want my money back"),
             Some(&bot("Sure.")),
-            "bot",
+            ConversationStatus::Bot,
             "{}",
         )
         .await
@@ -194,7 +203,7 @@ async fn urls_memory_and_migrations() {
     // Reconnecting to a migrated file applies nothing twice.
     let dir = tempfile::tempdir().expect("tempdir");
     let a = open(&dir).await;
-    a.create_conversation(None, "en", "bot", "{}")
+    a.create_conversation(None, "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     drop(a);
@@ -216,7 +225,7 @@ async fn a_turn_with_an_escalation_is_one_transaction() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(None, "en", "bot", "{}")
+        .create_conversation(None, "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     assert!(s.open_escalation(&c.id).await.expect("query").is_none());
@@ -226,7 +235,7 @@ async fn a_turn_with_an_escalation_is_one_transaction() {
             &TurnWrite {
                 shopper: Some(&shopper("I am furious")),
                 reply: Some(&bot("A person will join.")),
-                status: "waiting",
+                status: ConversationStatus::Waiting,
                 state: "{\"s\":1}",
                 escalation: Some(("complaint", Some(0.97))),
             },
@@ -256,7 +265,7 @@ async fn a_turn_with_an_escalation_is_one_transaction() {
             &TurnWrite {
                 shopper: Some(&shopper("x")),
                 reply: None,
-                status: "waiting",
+                status: ConversationStatus::Waiting,
                 state: "{}",
                 escalation: Some(("complaint", None)),
             },
@@ -305,7 +314,7 @@ async fn a_failed_write_rolls_back_replaces_the_connection_and_the_next_write_co
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(None, "en", "bot", "{}")
+        .create_conversation(None, "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     assert!(s.check_writable().await.ok);
@@ -327,7 +336,7 @@ async fn a_failed_write_rolls_back_replaces_the_connection_and_the_next_write_co
         w.conn(),
         &c.id,
         &NewMessage {
-            role: "shopper".into(),
+            role: Role::Shopper,
             text: big,
             ..NewMessage::default()
         },
@@ -350,12 +359,12 @@ async fn a_failed_write_rolls_back_replaces_the_connection_and_the_next_write_co
             &c.id,
             &TurnWrite {
                 shopper: Some(&NewMessage {
-                    role: "shopper".into(),
+                    role: Role::Shopper,
                     text: "hello again".into(),
                     ..NewMessage::default()
                 }),
                 reply: None,
-                status: "bot",
+                status: ConversationStatus::Bot,
                 state: "{}",
                 escalation: None,
             },
@@ -384,19 +393,25 @@ async fn a_write_dropped_half_way_rolls_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(&dir).await;
     let c = s
-        .create_conversation(None, "en", "bot", "{}")
+        .create_conversation(None, "en", ConversationStatus::Bot, "{}")
         .await
         .expect("create");
     {
         let mut w = s.begin_write().await.expect("begin");
-        set_state(w.conn(), &c.id, "waiting", "{\"x\":1}", now_ms())
-            .await
-            .expect("update");
+        set_state(
+            w.conn(),
+            &c.id,
+            ConversationStatus::Waiting,
+            "{\"x\":1}",
+            now_ms(),
+        )
+        .await
+        .expect("update");
         // Dropped without finish: a cancelled request.
     }
     let after = s.conversation(&c.id).await.expect("read").expect("c");
-    assert_eq!(after.status, "bot");
-    s.set_state(&c.id, "waiting", "{}")
+    assert_eq!(after.status, ConversationStatus::Bot);
+    s.set_state(&c.id, ConversationStatus::Waiting, "{}")
         .await
         .expect("the writer works");
 }

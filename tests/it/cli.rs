@@ -244,7 +244,7 @@ fn train_learns_from_agents_relabels() {
             .await
             .expect("db");
         let c = s
-            .create_conversation(None, "en", "bot", "{}")
+            .create_conversation(None, "en", shopdesk::store::ConversationStatus::Bot, "{}")
             .await
             .expect("conv");
         for (text, first, last) in [
@@ -252,7 +252,7 @@ fn train_learns_from_agents_relabels() {
             ("fine, thanks", "negative", "neutral"),
         ] {
             let m = NewMessage {
-                role: "shopper".into(),
+                role: shopdesk::store::Role::Shopper,
                 text: text.into(),
                 ..NewMessage::default()
             };
