@@ -70,7 +70,7 @@ fn sources(args: &[String], cols: &ColumnArgs) -> Result<Vec<DataSource>> {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     task: Task,
-    /// Training data, `[PRESET:]FILE`, repeatable. Presets: bitext, sst2, womens-clothing,
+    /// Training data, `[PRESET:]FILE`, repeatable. Presets: bitext, sst2, womens-clothing, clinc150, airline,
     /// amazon-alexa (they set columns and label maps).
     #[arg(long, required = true)]
     data: Vec<String>,

@@ -24,7 +24,8 @@ pub struct DataSpec {
     /// Text column spec: `a|b` alternatives, `a+b` joined.
     pub text: String,
     pub label: String,
-    /// Raw label → label. `-` drops the row (not an error). Empty map: labels are taken as is.
+    /// Raw label → label. `-` drops the row (not an error). `*` maps every label not named
+    /// otherwise. Empty map: labels are taken as is.
     pub label_map: BTreeMap<String, String>,
 }
 
@@ -61,12 +62,24 @@ impl DataSpec {
                 DataSpec::new("Title+Review Text", "Rating").with_label_map(RATING3)
             }
             "amazon-alexa" => DataSpec::new("verified_reviews", "rating").with_label_map(RATING3),
+            // CLINC150's few shop intents mapped to the shop's; its 140-odd other intents
+            // (banking, travel, kitchen, small talk) and its `oos` rows are chatter a shop bot
+            // must not take for a request: out of scope.
+            "clinc150" => DataSpec::new("text", "intent").with_label_map(CLINC_TO_SHOP),
+            // Customer-service tweets with a real neutral class.
+            "airline" => Ok(DataSpec::new("text", "airline_sentiment")),
             other => Err(NluError::Invalid(format!(
-                "unknown preset '{other}': expected bitext, sst2, womens-clothing or amazon-alexa"
+                "unknown preset '{other}': expected bitext, sst2, womens-clothing, amazon-alexa, clinc150 or airline"
             ))),
         }
     }
 }
+
+/// CLINC150 → the shop's intents (Bitext's names); everything else out of scope. Only intents
+/// whose meaning is the same for a shop: `cancel` is "cancel that command" and `order` is
+/// mostly "order more checks", so they are not mapped.
+const CLINC_TO_SHOP: &str = "order_status=track_order,card_declined=payment_issue,\
+    *=out_of_scope";
 
 /// One labelled text and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +176,7 @@ fn classify_row(
     let label = if map.is_empty() {
         label
     } else {
-        match map.get(&label) {
+        match map.get(&label).or_else(|| map.get("*")) {
             Some(m) if m == "-" => return Row::Dropped,
             Some(m) => m.clone(),
             None => return Row::Bad(format!("label '{label}' is not in the label map")),
@@ -280,6 +293,26 @@ mod tests {
         assert_eq!(ds.dropped, 1);
         assert_eq!(ds.bad.len(), 1);
         assert_eq!(ds.bad[0].line, 5);
+    }
+
+    #[test]
+    fn a_wildcard_maps_every_other_label_and_clinc_maps_to_shop_intents() {
+        let (_d, p) = write(
+            "clinc.csv",
+            b"text,intent\nwhere is my package,order_status\nbook a flight,book_flight\nblah,oos\nwhy was my card refused,card_declined\n",
+        );
+        let ds = read(&p, &DataSpec::preset("clinc150").expect("preset"), false).expect("read");
+        let got: Vec<&str> = ds.examples.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "track_order",
+                "out_of_scope",
+                "out_of_scope",
+                "payment_issue"
+            ]
+        );
+        assert!(ds.bad.is_empty());
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub const FINETUNED_WEIGHTS: &str = "encoder.safetensors";
 /// Label given to out-of-scope rows in intent reports.
 pub const OOS_LABEL: &str = "out_of_scope";
 
+/// Labels that mean "none of the intents": ours and CLINC150's.
+pub fn is_oos_label(label: &str) -> bool {
+    label == OOS_LABEL || label == "oos"
+}
+
 /// One input file and how to read it.
 #[derive(Debug, Clone)]
 pub struct DataSource {
@@ -468,18 +473,23 @@ pub fn evaluate(
     }
     let is_intent = m.task == "intent";
     let mut labels = m.labels.clone();
-    let oos_idx = if is_intent && (m.threshold.is_some() || !oos_rows.is_empty()) {
-        labels.push(OOS_LABEL.into());
-        Some(labels.len() - 1)
-    } else {
-        None
+    // A head trained with an out-of-scope class (`out_of_scope` or CLINC's `oos`) rejects by
+    // predicting it: that class is the rejection, not a 28th intent next to a second one.
+    let own_oos = labels.iter().position(|l| is_oos_label(l));
+    let oos_idx = match own_oos {
+        Some(i) if is_intent => Some(i),
+        _ if is_intent && (m.threshold.is_some() || !oos_rows.is_empty()) => {
+            labels.push(OOS_LABEL.into());
+            Some(labels.len() - 1)
+        }
+        _ => None,
     };
     let idx = label_index(&labels);
     let mut unknown = 0;
     let mut texts: Vec<&str> = Vec::new();
     let mut gold: Vec<usize> = Vec::new();
     for e in &rows {
-        let g = if is_intent && (e.label == OOS_LABEL || e.label == "oos") {
+        let g = if is_intent && is_oos_label(&e.label) {
             oos_idx
         } else {
             idx.get(e.label.as_str()).copied()
@@ -509,7 +519,7 @@ pub fn evaluate(
     let pred: Vec<usize> = preds
         .iter()
         .map(|p| match oos_idx {
-            Some(o) if p.out_of_scope => o,
+            Some(o) if p.out_of_scope || is_oos_label(&p.label) => o,
             _ => idx[p.label.as_str()],
         })
         .collect();

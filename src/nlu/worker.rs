@@ -429,7 +429,8 @@ pub fn predict(head: &Head, emb: &[Vec<f32>]) -> Result<Vec<Prediction>> {
             Prediction {
                 label: labels[best].clone(),
                 confidence: conf,
-                out_of_scope: conf < threshold,
+                // Below the threshold, or the head's own out-of-scope class won.
+                out_of_scope: conf < threshold || super::train::is_oos_label(&labels[best]),
                 probs: labels.iter().cloned().zip(p).collect(),
             }
         })
