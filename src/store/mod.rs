@@ -612,12 +612,14 @@ pub async fn escalation_in(conn: &mut SqliteConnection, id: &str) -> Result<Opti
     one(conn, ESCALATION_BY_ID, id, escalation).await
 }
 
-/// A guarded status change of an escalation inside a transaction; when no row changed, says why.
+/// A guarded status change of an escalation inside a transaction; when no row changed, says
+/// why (with `owner_only`, a claim by another agent is named as such).
 async fn transition(
     conn: &mut SqliteConnection,
     id: &str,
     sql: &'static str,
     agent: &str,
+    owner_only: bool,
 ) -> Result<Escalation> {
     let r = sqlx::query(sql)
         .bind(agent)
@@ -628,13 +630,19 @@ async fn transition(
     let e = escalation_in(conn, id)
         .await?
         .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
-    if r.rows_affected() == 0 {
-        return Err(StoreError::EscalationState {
-            id: id.into(),
-            status: e.status.to_string(),
-        });
+    if r.rows_affected() > 0 {
+        return Ok(e);
     }
-    Ok(e)
+    match (owner_only, e.status, e.agent) {
+        (true, EscalationStatus::Claimed, Some(owner)) => Err(StoreError::ClaimedByOther {
+            id: id.into(),
+            agent: owner,
+        }),
+        (_, status, _) => Err(StoreError::EscalationState {
+            id: id.into(),
+            status: status.to_string(),
+        }),
+    }
 }
 
 /// open → claimed, inside a transaction. Exactly one agent wins a claim race (the guard is in
@@ -646,6 +654,7 @@ pub async fn claim(conn: &mut SqliteConnection, id: &str, agent: &str) -> Result
         "UPDATE escalations SET status = 'claimed', agent = $1, claimed_at = $2 \
          WHERE id = $3 AND status = 'open'",
         agent,
+        false,
     )
     .await
 }
@@ -653,31 +662,15 @@ pub async fn claim(conn: &mut SqliteConnection, id: &str, agent: &str) -> Result
 /// open | claimed → resolved, inside a transaction. A claimed escalation is resolved only by
 /// the agent who claimed it (checked in the same UPDATE, so no race can slip between).
 pub async fn resolve(conn: &mut SqliteConnection, id: &str, agent: &str) -> Result<Escalation> {
-    let r = sqlx::query(
+    transition(
+        conn,
+        id,
         "UPDATE escalations SET status = 'resolved', agent = $1, resolved_at = $2 \
          WHERE id = $3 AND (status = 'open' OR (status = 'claimed' AND agent = $1))",
+        agent,
+        true,
     )
-    .bind(agent)
-    .bind(now_ms())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    let e = escalation_in(conn, id)
-        .await?
-        .ok_or_else(|| StoreError::NoEscalation(id.into()))?;
-    if r.rows_affected() == 0 {
-        if let (Some(owner), EscalationStatus::Claimed) = (e.agent.as_deref(), e.status) {
-            return Err(StoreError::ClaimedByOther {
-                id: id.into(),
-                agent: owner.into(),
-            });
-        }
-        return Err(StoreError::EscalationState {
-            id: id.into(),
-            status: e.status.to_string(),
-        });
-    }
-    Ok(e)
+    .await
 }
 
 impl Store {
