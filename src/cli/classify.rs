@@ -61,8 +61,8 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
     let load_ms = load.elapsed().as_secs_f64() * 1e3;
     if !a.json {
         println!(
-            "{:<40} {:<26} {:>6} {:<9} {:>6} {:>8}",
-            "text", "intent", "conf", "sentiment", "score", "ms"
+            "{:<40} {:<26} {:>6} {:<9} {:>6} {:>6} {:>8}",
+            "text", "intent", "conf", "sentiment", "score", "anger", "ms"
         );
     }
     for chunk in texts.chunks(a.batch.max(1)) {
@@ -70,10 +70,13 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
         let out = nlu.classify_blocking(chunk.to_vec())?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         for (text, c) in chunk.iter().zip(out) {
+            // What the escalation rules read (prompts/dialogue.toml `negative_score`).
+            let anger = shopdesk::conversation::negativity(&c)
+                .map(|p| shopdesk::nlu::anger::anger(text, p));
             if a.json {
                 println!(
                     "{}",
-                    serde_json::json!({"text": text, "intent": c.intent, "sentiment": c.sentiment, "ms": ms})
+                    serde_json::json!({"text": text, "intent": c.intent, "sentiment": c.sentiment, "anger": anger, "ms": ms})
                 );
             } else {
                 let (il, ic) = c
@@ -99,7 +102,8 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
                 } else {
                     short
                 };
-                println!("{short:<40} {il:<26} {ic:>6.3} {sl:<9} {sc:>6.3} {ms:>8.1}");
+                let ang = anger.map(|x| format!("{x:.2}")).unwrap_or_default();
+                println!("{short:<40} {il:<26} {ic:>6.3} {sl:<9} {sc:>6.3} {ang:>6} {ms:>8.1}");
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct SourceArgs {
     language_col: String,
     #[arg(long, default_value = "tags")]
     tags_col: String,
+    /// Other phrasings of the question, `|`-separated, indexed with the entry.
+    #[arg(long, default_value = "examples")]
+    examples_col: String,
     /// Language of rows without a language column.
     #[arg(long, default_value = "en")]
     language: String,
@@ -60,6 +63,7 @@ impl SourceArgs {
             category: self.category_col.clone(),
             language: self.language_col.clone(),
             tags: self.tags_col.clone(),
+            examples: self.examples_col.clone(),
             default_language: self.language.clone(),
         }
     }
@@ -89,10 +93,15 @@ pub enum IndexCommand {
     },
     /// Retrieval quality on a labelled file: the index holds the kept rows, the held-out rows
     /// are the queries (the same split as the intent head's, so its predictions are honest).
+    /// With `--queries`: the live index answers a file of shoppers' questions labelled with the
+    /// entry that answers them (`text,id`; an empty id: no entry does).
     Eval {
         /// Labelled FAQ file (Bitext).
+        #[arg(long, required_unless_present = "queries", conflicts_with = "queries")]
+        data: Option<PathBuf>,
+        /// Questions with the id of the entry that answers them, against the live index.
         #[arg(long)]
-        data: PathBuf,
+        queries: Option<PathBuf>,
         #[command(flatten)]
         src: SourceArgs,
         /// Held-out share (default: the intent head's).
@@ -125,6 +134,16 @@ pub struct TuneArgs {
     cosine_weight: Option<f32>,
     #[arg(long)]
     intent_bonus: Option<f32>,
+    #[arg(long, value_enum)]
+    fusion: Option<faq::Fusion>,
+    #[arg(long)]
+    dense_candidates: Option<usize>,
+    #[arg(long)]
+    min_cosine: Option<f32>,
+    #[arg(long)]
+    min_margin: Option<f32>,
+    #[arg(long)]
+    sure_cosine: Option<f32>,
 }
 
 impl TuneArgs {
@@ -146,6 +165,21 @@ impl TuneArgs {
         }
         if let Some(x) = self.intent_bonus {
             o.intent_bonus = x;
+        }
+        if let Some(x) = self.fusion {
+            o.fusion = x;
+        }
+        if let Some(x) = self.dense_candidates {
+            o.dense_candidates = x;
+        }
+        if let Some(x) = self.min_cosine {
+            o.min_cosine = x;
+        }
+        if let Some(x) = self.min_margin {
+            o.min_margin = x;
+        }
+        if let Some(x) = self.sure_cosine {
+            o.sure_cosine = x;
         }
     }
 }
@@ -294,12 +328,243 @@ pub fn run_index(c: IndexCommand, s: &Settings) -> Result<()> {
         }
         IndexCommand::Eval {
             data,
+            queries,
             src,
             holdout,
             seed,
             json,
             tune,
-        } => index_eval(s, &data, &src, holdout, seed, json.as_deref(), &tune)?,
+        } => match (data, queries) {
+            (_, Some(q)) => query_eval(s, &q, json.as_deref(), &tune)?,
+            (Some(d), None) => index_eval(s, &d, &src, holdout, seed, json.as_deref(), &tune)?,
+            (None, None) => bail!("pass --data or --queries"),
+        },
+    }
+    Ok(())
+}
+
+/// One configuration on a query file: ranking quality and what the answer gate does.
+#[derive(Serialize)]
+struct QueryEvalRow {
+    name: String,
+    options: SearchOptions,
+    /// Queries an entry answers.
+    answerable: usize,
+    p_at_1: f64,
+    mrr_at_10: f64,
+    /// Answerable queries whose right entry is given as the answer (first and trusted).
+    answered_right: f64,
+    /// Answerable queries given a wrong entry as a trusted answer.
+    answered_wrong: f64,
+    /// Of the answerable queries whose first hit is wrong, the share the gate withholds.
+    wrong_withheld: f64,
+    /// Queries no entry answers that get no answer.
+    unanswerable: usize,
+    unanswerable_withheld: f64,
+    latency_p50_us: f64,
+    latency_p99_us: f64,
+    /// Answerable queries whose first hit is not the right entry: text, right id, first id,
+    /// first hit's cosine, trusted.
+    misses: Vec<(String, String, String, f32, bool)>,
+}
+
+#[derive(Serialize)]
+struct QueryEvalReport {
+    queries_file: String,
+    index_entries: usize,
+    results: Vec<QueryEvalRow>,
+    /// The answer gate swept on the default ranking: (min_cosine, min_margin) → outcome.
+    gate_sweep: Vec<QueryEvalRow>,
+}
+
+fn query_eval(s: &Settings, path: &Path, json: Option<&Path>, tune: &TuneArgs) -> Result<()> {
+    let rows = Rows::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        Format::from_path(path).unwrap_or(Format::Csv),
+        vec![Column::parse("text|question"), Column::parse("id")],
+        &[true, true],
+    )?;
+    let mut qs: Vec<(String, Option<String>)> = Vec::new();
+    for (line, row) in rows {
+        let mut v = row.map_err(|e| anyhow::anyhow!("{}: line {line}: {e}", path.display()))?;
+        let id = v.pop().flatten().filter(|x| !x.trim().is_empty());
+        let text = v.pop().flatten().unwrap_or_default();
+        if !text.trim().is_empty() {
+            qs.push((text, id));
+        }
+    }
+    if qs.is_empty() {
+        bail!("{}: no questions", path.display());
+    }
+    let nlu = start_nlu(s, true)?;
+    let index = faq::open(&s.index_dir, Some(&nlu.info().encoder_sha256))?;
+    let texts: Vec<String> = qs.iter().map(|q| q.0.clone()).collect();
+    let mut prepared: Vec<(Vec<f32>, Option<String>)> = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(128) {
+        let emb = nlu.embed_blocking(chunk.to_vec())?;
+        let cls = nlu.classify_blocking(chunk.to_vec())?;
+        for (e, c) in emb.into_iter().zip(cls) {
+            prepared.push((e, c.intent.filter(|p| !p.out_of_scope).map(|p| p.label)));
+        }
+    }
+    let run = |name: &str, opts: &SearchOptions| -> Result<QueryEvalRow> {
+        let opts = SearchOptions {
+            k: opts.k.max(10),
+            ..opts.clone()
+        };
+        let (mut p1, mut rr, mut right, mut wrong, mut wrong_first, mut wrong_held) =
+            (0usize, 0.0f64, 0usize, 0usize, 0usize, 0usize);
+        let (mut none, mut none_held) = (0usize, 0usize);
+        let mut lat = Vec::with_capacity(qs.len());
+        let mut misses = Vec::new();
+        for ((text, gold), (emb, intent)) in qs.iter().zip(&prepared) {
+            let t = Instant::now();
+            let hits = index.search(text, Some(emb), intent.as_deref(), &opts)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            let trusted = faq::confident(&hits, &opts);
+            match gold {
+                Some(g) => {
+                    let rank = hits.iter().take(10).position(|h| &h.id == g);
+                    if let Some(r) = rank {
+                        rr += 1.0 / (r + 1) as f64;
+                    }
+                    if rank == Some(0) {
+                        p1 += 1;
+                        right += usize::from(trusted);
+                    } else {
+                        wrong_first += 1;
+                        misses.push((
+                            text.clone(),
+                            g.clone(),
+                            hits.first().map(|h| h.id.clone()).unwrap_or_default(),
+                            hits.first().and_then(|h| h.scores.cosine).unwrap_or(0.0),
+                            trusted,
+                        ));
+                        if trusted {
+                            wrong += 1;
+                        } else {
+                            wrong_held += 1;
+                        }
+                    }
+                }
+                None => {
+                    none += 1;
+                    none_held += usize::from(!trusted);
+                }
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        let n = (qs.len() - none).max(1) as f64;
+        Ok(QueryEvalRow {
+            name: name.into(),
+            options: opts,
+            answerable: qs.len() - none,
+            p_at_1: p1 as f64 / n,
+            mrr_at_10: rr / n,
+            answered_right: right as f64 / n,
+            answered_wrong: wrong as f64 / n,
+            wrong_withheld: wrong_held as f64 / wrong_first.max(1) as f64,
+            unanswerable: none,
+            unanswerable_withheld: none_held as f64 / none.max(1) as f64,
+            latency_p50_us: eval::percentile(&lat, 50.0),
+            latency_p99_us: eval::percentile(&lat, 99.0),
+            misses,
+        })
+    };
+    let mut base = SearchOptions::default();
+    tune.apply(&mut base);
+    let variants: Vec<(String, SearchOptions)> = vec![
+        (
+            "bm25 + intent boost".into(),
+            SearchOptions {
+                rerank: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "hybrid, bm25 candidates only".into(),
+            SearchOptions {
+                dense_candidates: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "hybrid + dense, weighted".into(),
+            SearchOptions {
+                fusion: faq::Fusion::Weighted,
+                ..base.clone()
+            },
+        ),
+        (
+            "hybrid + dense, rrf".into(),
+            SearchOptions {
+                fusion: faq::Fusion::Rrf,
+                ..base.clone()
+            },
+        ),
+        ("as configured".into(), base.clone()),
+    ];
+    let mut results = Vec::new();
+    for (name, o) in &variants {
+        run(name, o)?; // warm-up
+        results.push(run(name, o)?);
+    }
+    let mut gate_sweep = Vec::new();
+    for mc in [0.25f32, 0.3, 0.35, 0.4, 0.45, 0.5] {
+        for mm in [0.0f32, 0.02, 0.04, 0.06, 0.08, 0.1] {
+            let o = SearchOptions {
+                min_cosine: mc,
+                min_margin: mm,
+                sure_cosine: 1.0,
+                ..base.clone()
+            };
+            gate_sweep.push(run(&format!("min_cosine {mc:.2}, min_margin {mm:.2}"), &o)?);
+        }
+    }
+    let report = QueryEvalReport {
+        queries_file: path.display().to_string(),
+        index_entries: index.len(),
+        results,
+        gate_sweep,
+    };
+    println!(
+        "{} questions ({} answerable, {} that no entry answers) against {} entries",
+        qs.len(),
+        report.results[0].answerable,
+        report.results[0].unanswerable,
+        report.index_entries
+    );
+    let header = || {
+        println!(
+            "{:<34} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8}",
+            "search", "P@1", "MRR@10", "right", "wrong", "wrong", "no-answer", "p99 µs"
+        );
+        println!(
+            "{:<34} {:>7} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8}",
+            "", "", "", "answered", "answered", "withheld", "withheld", ""
+        );
+    };
+    let line = |r: &QueryEvalRow| {
+        println!(
+            "{:<34} {:>6.1}% {:>7.3} {:>8.1}% {:>8.1}% {:>8.1}% {:>9.1}% {:>8.0}",
+            r.name,
+            100.0 * r.p_at_1,
+            r.mrr_at_10,
+            100.0 * r.answered_right,
+            100.0 * r.answered_wrong,
+            100.0 * r.wrong_withheld,
+            100.0 * r.unanswerable_withheld,
+            r.latency_p99_us
+        );
+    };
+    header();
+    report.results.iter().for_each(line);
+    println!("\nanswer gate on \"as configured\":");
+    header();
+    report.gate_sweep.iter().for_each(line);
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -501,9 +766,7 @@ pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
     slots.extend(a.slots);
     // A confident FAQ hit answers; else the intent's own template; else the fallback (the hits
     // are still listed).
-    let confident = hits
-        .first()
-        .filter(|h| h.scores.cosine.is_none_or(|c| c >= opts.min_cosine));
+    let confident = hits.first().filter(|_| faq::confident(&hits, &opts));
     let template = intent.as_ref().and_then(|p| {
         filler
             .intent_template(&p.label)

@@ -121,6 +121,14 @@ pub struct TrainArgs {
     /// Output folder (default: <models-root>/heads/<task>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Augmented copies of each in-scope training row: lower case, no punctuation,
+    /// contractions, texting short forms, typos, openers dropped (validation rows stay real).
+    #[arg(long, default_value_t = 0)]
+    augment: usize,
+    /// Intent threshold: the highest one that rejects at most this share of in-scope
+    /// validation messages (the rest of the out-of-scope curve is in the manifest).
+    #[arg(long, default_value_t = 0.03)]
+    max_in_scope_rejected: f64,
     /// Then fine-tune the whole encoder with the head (AdamW). Slow on CPU; meant for a GPU.
     #[arg(long)]
     finetune: bool,
@@ -168,6 +176,9 @@ pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
     if !(0.0..1.0).contains(&a.holdout) || !(0.0..1.0).contains(&a.validation) {
         bail!("--holdout and --validation must be in [0, 1)");
     }
+    if !(0.0..=1.0).contains(&a.max_in_scope_rejected) {
+        bail!("--max-in-scope-rejected must be in [0, 1]");
+    }
     let arch = match a.head {
         Some(HeadArg::Linear) => Arch::Linear,
         Some(HeadArg::Mlp) => Arch::Mlp { hidden: a.hidden },
@@ -214,6 +225,8 @@ pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
         },
         out_dir: a.out.unwrap_or_else(|| head_dir(&s.models_root, task)),
         cache_dir: s.cache_dir.clone(),
+        augment: a.augment,
+        max_in_scope_rejected: a.max_in_scope_rejected,
         finetune: a.finetune.then_some(FinetuneConfig {
             epochs: a.finetune_epochs,
             lr: a.finetune_lr,

@@ -181,6 +181,7 @@ impl Engine {
             intent_confidence: cls.intent.as_ref().map_or(0.0, |p| p.confidence),
             sentiment: cls.sentiment.as_ref().map(|p| p.label.clone()),
             sentiment_score: cls.sentiment.as_ref().map_or(0.0, |p| p.confidence),
+            anger: crate::nlu::anger::anger(text, super::negativity(cls).unwrap_or(0.0)),
             slots: self
                 .slots
                 .extract(text)
@@ -310,8 +311,21 @@ impl Knowledge for TurnKnowledge<'_> {
             hits = hits.len(),
             "faq search"
         );
+        // BM25-only hits (no embedding) are not trusted in chat.
+        let trusted = self.embedding.is_some() && faq::confident(&hits, opts);
+        // Doubtful: the two closest entries that are at least plausible become the choices.
+        let alternatives = if trusted {
+            Vec::new()
+        } else {
+            hits.iter()
+                .filter(|h| h.scores.cosine.is_some_and(|c| c >= opts.min_cosine))
+                .take(2)
+                .map(|h| h.question.clone())
+                .collect()
+        };
         hits.into_iter().next().map(|h| KnownAnswer {
-            trusted: h.scores.cosine.is_some_and(|c| c >= opts.min_cosine),
+            trusted,
+            alternatives,
             id: h.id,
             template: h.answer,
             intent: h.intent,

@@ -109,6 +109,7 @@ impl Brain for FakeBrain {
             intent_confidence: 0.9,
             sentiment: cls.sentiment.as_ref().map(|p| p.label.clone()),
             sentiment_score: cls.sentiment.as_ref().map_or(0.0, |p| p.confidence),
+            anger: crate::nlu::anger::anger(text, super::negativity(cls).unwrap_or(0.0)),
             slots: crate::nlu::slots::SlotExtractor::default().extract(text),
         };
         let decision = self.policy.turn(state, &u, &NoFaq(&self.filler));

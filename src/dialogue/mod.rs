@@ -4,8 +4,8 @@
 //!
 //! A turn, in order: slots from the message join the conversation's (later values win); a
 //! conversation an agent has claimed gets no bot reply; escalation rules (`prompts/dialogue.toml`)
-//! are checked — an explicit request for a person, strongly negative sentiment N turns in a row
-//! or together with a complaint, N turns not understood — and an escalated conversation is told
+//! are checked — an explicit request for a person, an angry message, negative messages N turns in
+//! a row or one together with a complaint, N turns not understood — and an escalated conversation is told
 //! honestly that a person will join; small talk (greeting, thanks, goodbye) is answered from the
 //! locale's texts; an intent that needs a slot the conversation lacks (an order number) asks for
 //! it and remembers the question, so the next message that carries it answers the original
@@ -34,7 +34,11 @@ pub enum DialogueError {
 #[serde(deny_unknown_fields)]
 pub struct EscalationRules {
     pub human_intents: Vec<String>,
+    /// A message counts as negative when its anger (`nlu::anger`) reaches this.
     pub negative_score: f32,
+    /// Anger at or above this escalates at once.
+    #[serde(default = "default_angry_score")]
+    pub angry_score: f32,
     pub negative_turns: u32,
     pub complaint_intents: Vec<String>,
     pub low_confidence_turns: u32,
@@ -46,6 +50,10 @@ pub struct EscalationRules {
 pub struct ProductRules {
     pub intents: Vec<String>,
     pub count: usize,
+}
+
+fn default_angry_score() -> f32 {
+    0.8
 }
 
 /// `prompts/dialogue.toml`.
@@ -65,6 +73,9 @@ pub struct DialogueTexts {
     pub thanks: String,
     pub goodbye: String,
     pub rephrase: String,
+    /// A doubtful FAQ match: the closest questions follow as quick replies.
+    #[serde(default = "default_clarify")]
+    pub clarify: String,
     pub escalated: String,
     pub escalated_upset: String,
     pub waiting: String,
@@ -74,6 +85,10 @@ pub struct DialogueTexts {
     #[serde(default)]
     pub rephrase_quick_replies: Vec<String>,
     pub patterns: BTreeMap<String, String>,
+}
+
+fn default_clarify() -> String {
+    "I'm not sure I understood. Did you mean one of these?".into()
 }
 
 /// Where a conversation is.
@@ -148,6 +163,8 @@ pub struct Understanding {
     pub intent_confidence: f32,
     pub sentiment: Option<String>,
     pub sentiment_score: f32,
+    /// 0..1: P(negative) weighted by how intensely the message is said (`nlu::anger`).
+    pub anger: f32,
     pub slots: Vec<Slot>,
 }
 
@@ -156,10 +173,12 @@ pub struct Understanding {
 pub struct KnownAnswer {
     pub id: String,
     pub template: String,
-    /// Trusted: its cosine passed `SearchOptions::min_cosine`.
+    /// Trusted: it passed the FAQ's answer gate (`faq::confident`).
     pub trusted: bool,
     /// The FAQ entry's intent, when it has one.
     pub intent: Option<String>,
+    /// Not trusted: the questions of the closest entries, offered as "did you mean" choices.
+    pub alternatives: Vec<String>,
 }
 
 /// What the policy needs from the FAQ and the templates (a trait so tests can fake it).
@@ -292,8 +311,9 @@ impl Policy {
             st.unhelpful = 0;
         }
         let rules = &self.config.escalation;
-        let negative =
-            u.sentiment.as_deref() == Some("negative") && u.sentiment_score >= rules.negative_score;
+        // Anger, not the label: a calm "it's late" is negative too, and should not escalate.
+        let negative = u.anger >= rules.negative_score;
+        let furious = u.anger >= rules.angry_score;
         st.negative_streak = if negative { st.negative_streak + 1 } else { 0 };
         let intent = u.intent.as_deref();
         let small_talk = ["greeting", "thanks", "goodbye"]
@@ -332,7 +352,7 @@ impl Policy {
                 Some(EscalationReason::AskedForHuman)
             } else if negative && has(&rules.complaint_intents) {
                 Some(EscalationReason::Complaint)
-            } else if st.negative_streak >= rules.negative_turns.max(1) {
+            } else if furious || st.negative_streak >= rules.negative_turns.max(1) {
                 Some(EscalationReason::NegativeSentiment)
             } else if st.low_confidence_streak >= rules.low_confidence_turns.max(1) {
                 Some(EscalationReason::LowConfidence)
@@ -396,6 +416,10 @@ impl Policy {
         } else {
             answer
         };
+        let alternatives = answer
+            .as_ref()
+            .filter(|a| !a.trusted)
+            .map(|a| a.alternatives.clone());
         let filled = match (answer.filter(|a| a.trusted), &intent) {
             (Some(a), _) => {
                 d.source = format!("faq:{}", a.id);
@@ -417,11 +441,22 @@ impl Policy {
                 }
                 d.reply = Some(f.text);
             }
-            None => {
-                d.reply = Some(self.say(k, &self.texts.rephrase, st));
-                d.source = "rephrase".into();
-                d.quick_replies = self.texts.rephrase_quick_replies.clone();
-            }
+            None => match alternatives {
+                // A doubtful match: ask which of the closest questions it is, instead of
+                // answering one of them confidently (or not at all).
+                Some(alts) if !alts.is_empty() => {
+                    d.reply = Some(self.say(k, &self.texts.clarify, st));
+                    d.source = "clarify".into();
+                    d.quick_replies = alts;
+                    d.quick_replies
+                        .extend(self.texts.rephrase_quick_replies.iter().cloned());
+                }
+                _ => {
+                    d.reply = Some(self.say(k, &self.texts.rephrase, st));
+                    d.source = "rephrase".into();
+                    d.quick_replies = self.texts.rephrase_quick_replies.clone();
+                }
+            },
         }
 
         let wants_products = self.matches("recommend", &u.text)

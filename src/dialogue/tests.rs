@@ -20,6 +20,7 @@ impl Knowledge for Shop {
             template: t.to_string(),
             trusted: true,
             intent: intent.map(String::from),
+            alternatives: vec![],
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {
@@ -63,6 +64,14 @@ fn msg(text: &str, intent: Option<&str>, sentiment: (&str, f32)) -> Understandin
         intent_confidence: 0.9,
         sentiment: Some(sentiment.0.into()),
         sentiment_score: sentiment.1,
+        anger: crate::nlu::anger::anger(
+            text,
+            if sentiment.0 == "negative" {
+                sentiment.1
+            } else {
+                (1.0 - sentiment.1) / 2.0
+            },
+        ),
         slots: extractor().extract(text),
     }
 }
@@ -175,6 +184,7 @@ impl Knowledge for HumanFaq<'_> {
             template: "Of course, someone from our team will join.".into(),
             trusted: true,
             intent: Some("contact_human_agent".into()),
+            alternatives: vec![],
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {
@@ -186,6 +196,64 @@ impl Knowledge for HumanFaq<'_> {
     fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
         self.0.fill(template, slots)
     }
+}
+
+/// A shop whose FAQ is never sure: two entries about as close.
+struct DoubtfulFaq<'a>(&'a Shop);
+
+impl Knowledge for DoubtfulFaq<'_> {
+    fn answer(&self, _text: &str, _intent: Option<&str>) -> Option<KnownAnswer> {
+        Some(KnownAnswer {
+            id: "refund-1".into(),
+            template: "Refunds go back to the original payment method.".into(),
+            trusted: false,
+            intent: Some("get_refund".into()),
+            alternatives: vec![
+                "How do I get a refund?".into(),
+                "Where is my refund?".into(),
+            ],
+        })
+    }
+    fn intent_template(&self, intent: &str) -> Option<String> {
+        self.0.intent_template(intent)
+    }
+    fn ask_for(&self, slot: &str) -> Option<String> {
+        self.0.ask_for(slot)
+    }
+    fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
+        self.0.fill(template, slots)
+    }
+}
+
+#[test]
+fn a_doubtful_faq_match_asks_which_question_it_is() {
+    let (p, shop) = setup();
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("money thing with my return??", None, CALM),
+        &DoubtfulFaq(&shop),
+    );
+    assert_eq!(d.source, "clarify");
+    assert!(d
+        .reply
+        .as_deref()
+        .is_some_and(|r| !r.contains("Refunds go back")));
+    assert_eq!(
+        d.quick_replies,
+        vec![
+            "How do I get a refund?",
+            "Where is my refund?",
+            "Talk to a person"
+        ]
+    );
+    // With an intent the bot answers from the intent's own template instead.
+    let d = p.turn(
+        &mut st,
+        &msg("how do refunds work", Some("get_refund"), CALM),
+        &DoubtfulFaq(&shop),
+    );
+    assert_ne!(d.source, "clarify");
 }
 
 #[test]
@@ -223,6 +291,17 @@ fn other_escalation_rules() {
     assert_eq!(d.escalated, None);
     let d = p.turn(&mut st, &msg("useless", None, ANGRY), &k);
     assert_eq!(d.escalated, Some(EscalationReason::NegativeSentiment));
+    // Furious once is enough; annoyed once is not.
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("honestly this is unacceptable, i'm so angry", None, ANGRY),
+        &k,
+    );
+    assert_eq!(d.escalated, Some(EscalationReason::NegativeSentiment));
+    let mut st = State::default();
+    let d = p.turn(&mut st, &msg("bit annoyed it's late", None, ANGRY), &k);
+    assert_eq!(d.escalated, None);
     // Negative, then calm, then negative: the streak was broken.
     let mut st = State::default();
     for (s, e) in [(ANGRY, None), (CALM, None), (ANGRY, None)] {

@@ -169,16 +169,47 @@ pub struct IndexManifest {
     pub languages: BTreeMap<String, usize>,
 }
 
-/// Per-row data kept in memory for reranking: the question embedding and the answer's simhash.
+/// Per-row data kept in memory for reranking: the question embedding, the other vectors of the
+/// entry — its example phrasings, then its answer (CSR: row `r` owns
+/// `examples[indptr[r]..indptr[r + 1]]`) — and the answer's simhash.
 pub(crate) struct RowData {
     pub dim: usize,
     pub embeddings: Vec<f16>,
     pub simhash: Vec<u64>,
+    pub example_indptr: Vec<u32>,
+    pub example_embeddings: Vec<f16>,
 }
 
 impl RowData {
+    pub fn new(dim: usize) -> RowData {
+        RowData {
+            dim,
+            embeddings: Vec::new(),
+            simhash: Vec::new(),
+            example_indptr: vec![0],
+            example_embeddings: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.simhash.len()
+    }
+
     pub fn embedding(&self, row: usize) -> Option<&[f16]> {
         self.embeddings.get(row * self.dim..(row + 1) * self.dim)
+    }
+
+    /// The row's example-phrasing embeddings, one after another.
+    pub fn examples(&self, row: usize) -> &[f16] {
+        let (Some(&a), Some(&b)) = (
+            self.example_indptr.get(row),
+            self.example_indptr.get(row + 1),
+        ) else {
+            return &[];
+        };
+        self.example_embeddings
+            .get(a as usize * self.dim..b as usize * self.dim)
+            .unwrap_or(&[])
     }
 
     fn save(&self, path: &Path) -> Result<()> {
@@ -188,7 +219,18 @@ impl RowData {
             .flat_map(|x| x.to_le_bytes())
             .collect();
         let sim: Vec<u8> = self.simhash.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let ex: Vec<u8> = self
+            .example_embeddings
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let indptr: Vec<u8> = self
+            .example_indptr
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let n = self.simhash.len();
+        let m = self.example_embeddings.len() / self.dim.max(1);
         let views = [
             (
                 "question",
@@ -202,6 +244,20 @@ impl RowData {
             (
                 "simhash",
                 safetensors::tensor::TensorView::new(safetensors::Dtype::U64, vec![n], &sim)
+                    .map_err(|e| FaqError::Invalid(e.to_string()))?,
+            ),
+            (
+                "example",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F16,
+                    vec![m, self.dim],
+                    &ex,
+                )
+                .map_err(|e| FaqError::Invalid(e.to_string()))?,
+            ),
+            (
+                "example_indptr",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::U32, vec![n + 1], &indptr)
                     .map_err(|e| FaqError::Invalid(e.to_string()))?,
             ),
         ];
@@ -239,10 +295,42 @@ impl RowData {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
+        // Indexes built before example phrasings existed have none.
+        let (example_indptr, example_embeddings) =
+            match (st.tensor("example_indptr"), st.tensor("example")) {
+                (Ok(ip), Ok(ex)) => {
+                    if ip.dtype() != safetensors::Dtype::U32
+                        || ip.shape() != [n + 1]
+                        || ex.dtype() != safetensors::Dtype::F16
+                        || ex.shape().get(1).is_some_and(|&d| d != dim)
+                    {
+                        return Err(corrupt("unexpected example tensor types or shapes".into()));
+                    }
+                    let ip: Vec<u32> = ip
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    let ex: Vec<f16> = ex
+                        .data()
+                        .chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    if ip.windows(2).any(|w| w[0] > w[1])
+                        || ip.last().map(|&l| l as usize * dim) != Some(ex.len())
+                    {
+                        return Err(corrupt("example offsets do not match the examples".into()));
+                    }
+                    (ip, ex)
+                }
+                _ => (vec![0; n + 1], Vec::new()),
+            };
         Ok(RowData {
             dim,
             embeddings,
             simhash,
+            example_indptr,
+            example_embeddings,
         })
     }
 }
@@ -428,6 +516,14 @@ fn add_docs(
             doc.add_text(f.question_ml, &e.question);
             doc.add_text(f.answer_ml, &e.answer);
         }
+        // Example phrasings are more values of the question field: BM25 matches their words
+        // too, and the stored question (the first value) stays the one shown.
+        for x in &e.examples {
+            doc.add_text(f.question, x);
+            if e.language != "en" {
+                doc.add_text(f.question_ml, x);
+            }
+        }
         if let Some(x) = &e.intent {
             doc.add_text(f.intent, x);
         }
@@ -444,17 +540,61 @@ fn add_docs(
     Ok(())
 }
 
+/// The answer as the encoder sees it: placeholders (`{{Order Number}}`) dropped, since their
+/// values are not known here and their names are not what a shopper writes.
+fn answer_passage(answer: &str) -> String {
+    static PLACEHOLDER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{\{[^}]*\}\}").expect("placeholder regex")
+    });
+    PLACEHOLDER
+        .replace_all(answer, "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn embed_rows(emb: &mut dyn Embedder, entries: &[FaqEntry], rows: &mut RowData) -> Result<()> {
-    let texts: Vec<&str> = entries.iter().map(|e| e.question.as_str()).collect();
+    // Per entry: its question, its example phrasings and its answer, in one call (the encoder
+    // batches by length). The answer is one more vector to match: a shopper's words often
+    // match what the answer says better than how the question was put (docs/benchmarks.md).
+    let passages: Vec<String> = entries.iter().map(|e| answer_passage(&e.answer)).collect();
+    let texts: Vec<&str> = entries
+        .iter()
+        .zip(&passages)
+        .flat_map(|(e, a)| {
+            std::iter::once(e.question.as_str())
+                .chain(e.examples.iter().map(String::as_str))
+                .chain(std::iter::once(a.as_str()))
+        })
+        .collect();
     let vecs = emb.embed(&texts)?;
-    for (v, e) in vecs.iter().zip(entries) {
-        if v.len() != rows.dim {
-            return Err(FaqError::Dimension {
-                got: v.len(),
-                want: rows.dim,
-            });
+    if vecs.len() != texts.len() {
+        return Err(FaqError::Invalid(format!(
+            "the encoder returned {} embeddings for {} texts",
+            vecs.len(),
+            texts.len()
+        )));
+    }
+    if let Some(v) = vecs.iter().find(|v| v.len() != rows.dim) {
+        return Err(FaqError::Dimension {
+            got: v.len(),
+            want: rows.dim,
+        });
+    }
+    let mut it = vecs.iter();
+    let f16s = |v: &Vec<f32>| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+    for e in entries {
+        if let Some(q) = it.next() {
+            rows.embeddings.extend(f16s(q));
         }
-        rows.embeddings.extend(v.iter().map(|&x| f16::from_f32(x)));
+        // The examples, then the answer: all "other vectors" of the row.
+        for _ in 0..=e.examples.len() {
+            if let Some(x) = it.next() {
+                rows.example_embeddings.extend(f16s(x));
+            }
+        }
+        let last = rows.example_indptr.last().copied().unwrap_or(0);
+        rows.example_indptr.push(last + e.examples.len() as u32 + 1);
         rows.simhash.push(simhash(&e.answer));
     }
     Ok(())
@@ -500,11 +640,7 @@ pub fn build(
     }
     let t0 = Instant::now();
     let (entries, replaced) = dedup_ids(entries);
-    let mut rows = RowData {
-        dim: emb.dim(),
-        embeddings: Vec::new(),
-        simhash: Vec::new(),
-    };
+    let mut rows = RowData::new(emb.dim());
     embed_rows(emb, &entries, &mut rows)?;
     let embed_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -692,6 +828,14 @@ mod tests {
         assert!(d(simhash(a), simhash(b)) < d(simhash(a), simhash(c)));
         assert_eq!(simhash(a), simhash(&a.to_uppercase()));
         assert!(d(simhash(a), simhash(c)) > 10);
+    }
+
+    #[test]
+    fn answer_passage_drops_placeholders() {
+        assert_eq!(
+            answer_passage("Track {{Order Number}} at  {{Order History URL}} today."),
+            "Track at today."
+        );
     }
 
     #[test]

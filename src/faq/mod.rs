@@ -24,7 +24,7 @@ use std::path::Path;
 
 pub use error::FaqError;
 pub use index::{BuildReport, Embedder, IndexManifest, IndexStats, SourceInfo};
-pub use search::{FaqIndex, Hit, HitScores, IntentMode, SearchOptions};
+pub use search::{confident, FaqIndex, Fusion, Hit, HitScores, IntentMode, SearchOptions};
 pub use source::{read_entries, FaqEntry, SourceSpec};
 pub use template::{Filled, Filler, Profile};
 

@@ -26,8 +26,20 @@ pub enum IntentMode {
     Boost,
 }
 
+/// How BM25 and the embedding cosine are combined into one ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// `cosine_weight`·cosine + (1 − `cosine_weight`)·BM25/best BM25 (+ intent bonus).
+    Weighted,
+    /// Reciprocal rank fusion: Σ 1/(`rrf_k` + rank) over the BM25 and the cosine rankings
+    /// (+ the intent bonus scaled to one first place).
+    Rrf,
+}
+
 /// Knobs of one search. The defaults are what the chat server uses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SearchOptions {
     /// Hits returned (after collapsing duplicates).
     pub k: usize,
@@ -35,6 +47,13 @@ pub struct SearchOptions {
     pub candidates: usize,
     /// Rerank by embedding cosine (hybrid); `false` is BM25 alone.
     pub rerank: bool,
+    /// Candidates found by embedding alone (exact cosine over every question, example phrasing
+    /// and answer), so an entry that shares no word with the message can still answer it. Only
+    /// for indexes of up to [`MAX_SCAN_VECTORS`] vectors; larger ones take candidates from
+    /// BM25 and the intent only.
+    pub dense_candidates: usize,
+    pub fusion: Fusion,
+    pub rrf_k: f32,
     pub intent_mode: IntentMode,
     /// Final score = w·cosine + (1−w)·bm25/max_bm25 (+ intent bonus).
     pub cosine_weight: f32,
@@ -47,13 +66,20 @@ pub struct SearchOptions {
     /// since answers are long and their postings lists are too (docs/benchmarks.md).
     pub question_boost: f32,
     pub answer_boost: f32,
-    /// Below this cosine the best hit is not trusted as an answer; callers fall back to the
-    /// intent's own template (`prompts/<locale>.toml` `[intents]`). The cosine, unlike the final
-    /// score, is absolute (BM25 is normalised by the best candidate). Correct top hits on
-    /// Bitext have cosine ≥ 0.60 (1st percentile); on the 43-entry demo FAQ a right answer to a
-    /// loosely worded question scored 0.29 and off-topic messages 0.17–0.23, hence 0.25: a
-    /// judgment from few examples, tune it per shop. Search results still carry every hit.
+    /// Below this cosine the best hit is not trusted as an answer; callers ask which entry the
+    /// shopper meant or fall back to the intent's own template (`prompts/<locale>.toml`
+    /// `[intents]`). The cosine, unlike the final score, is absolute. 0.45 and `min_margin`
+    /// 0.06 were chosen on held-out paraphrases of the demo FAQ (`tests/dev/faq-paraphrases.csv`,
+    /// `shopdesk index eval --queries`): they withhold about half of the wrong first answers
+    /// and most questions no entry answers (docs/benchmarks.md). Tune them per shop with the
+    /// same command on its own questions. Search results still carry every hit.
     pub min_cosine: f32,
+    /// The best hit is trusted only if its score (of the configured fusion) beats the next
+    /// different answer's by this much, or its cosine reaches `sure_cosine`: two entries about
+    /// as close mean the message could be either, and a wrong answer given confidently is worse
+    /// than a clarifying question.
+    pub min_margin: f32,
+    pub sure_cosine: f32,
     /// Answers whose simhashes (64 bits over word 3-shingles) differ in at most this many bits
     /// are one answer. Distinct Bitext answers of the same intent differ in 18 bits or more (a
     /// 2,000-pair sample); a two-word edit of a 17-word answer moves about 10.
@@ -66,6 +92,9 @@ impl Default for SearchOptions {
             k: 5,
             candidates: 50,
             rerank: true,
+            dense_candidates: 20,
+            fusion: Fusion::Weighted,
+            rrf_k: 60.0,
             intent_mode: IntentMode::Boost,
             cosine_weight: 0.7,
             intent_bonus: 0.2,
@@ -73,7 +102,10 @@ impl Default for SearchOptions {
             question_boost: 2.0,
             answer_boost: 0.0,
             duplicate_bits: 10,
-            min_cosine: 0.25,
+            min_cosine: 0.45,
+            min_margin: 0.06,
+            // The shopper typed (or tapped) an entry's own question, near enough.
+            sure_cosine: 0.9,
         }
     }
 }
@@ -81,9 +113,11 @@ impl Default for SearchOptions {
 /// Why a hit ranks where it does (shown in the agent console and `ask`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HitScores {
-    /// Raw BM25 of the text query (0 when the entry came in through the intent alone).
+    /// Raw BM25 of the text query (0 when the entry came in through the intent or the
+    /// embedding alone).
     pub bm25: f32,
-    /// Cosine of the query and the entry's question embeddings (hybrid only).
+    /// Cosine of the query and the entry's question, or of its closest example phrasing
+    /// (hybrid only).
     pub cosine: Option<f32>,
     pub intent_match: bool,
     /// What the hits are ordered by.
@@ -109,8 +143,42 @@ pub struct FaqIndex {
     generation: Generation,
     searcher: Searcher,
     rows: Vec<Column<u64>>,
+    /// Row → the live document holding it (rows of replaced entries have none) and its intent.
+    live: Vec<Option<(DocAddress, Option<String>)>>,
+    /// Every live question and example embedding as f32, for the exact dense scan (indexes up
+    /// to [`MAX_SCAN_VECTORS`]).
+    dense: Option<Dense>,
     en: TextAnalyzer,
     generic: TextAnalyzer,
+}
+
+/// Indexes with more stored vectors than this are never scanned: the scan reads 4·384 bytes a
+/// vector, and beyond this it would not fit the search's 2 ms p99 budget (docs/benchmarks.md).
+pub const MAX_SCAN_VECTORS: usize = 20_000;
+
+struct Dense {
+    /// `[vectors, dim]`, row-major.
+    matrix: Vec<f32>,
+    /// The row each vector belongs to.
+    owner: Vec<u32>,
+}
+
+crate::simd::multiversion! {
+    /// `out[i]` = the dot product of `q` with the `i`-th `dim`-wide row of `matrix`.
+    fn scan(matrix: &[f32], dim: usize, q: &[f32], out: &mut [f32]) {
+        for (row, o) in matrix.chunks_exact(dim).zip(out.iter_mut()) {
+            // Eight independent sums let the compiler vectorise without reassociating floats.
+            let mut acc = [0f32; 8];
+            let (ra, qa) = (row.chunks_exact(8), q.chunks_exact(8));
+            let tail: f32 = ra.remainder().iter().zip(qa.remainder()).map(|(a, b)| a * b).sum();
+            for (a, b) in ra.zip(qa) {
+                for k in 0..8 {
+                    acc[k] += a[k] * b[k];
+                }
+            }
+            *o = acc.iter().sum::<f32>() + tail;
+        }
+    }
 }
 
 struct Candidate {
@@ -131,10 +199,50 @@ impl FaqIndex {
             .iter()
             .map(|s| s.fast_fields().u64("row"))
             .collect::<tantivy::Result<Vec<_>>>()?;
+        let mut live = vec![None; generation.rows.len()];
+        for (seg, reader) in searcher.segment_readers().iter().enumerate() {
+            for doc_id in reader.doc_ids_alive() {
+                let addr = DocAddress::new(seg as u32, doc_id);
+                let Some(row) = rows.get(seg).and_then(|c| c.first(doc_id)) else {
+                    continue;
+                };
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                let intent = doc
+                    .get_first(generation.fields.intent)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                if let Some(slot) = live.get_mut(row as usize) {
+                    *slot = Some((addr, intent));
+                }
+            }
+        }
+        let dense = {
+            let r = &generation.rows;
+            let vectors: usize = (0..r.len())
+                .filter(|&i| live[i].is_some())
+                .map(|i| 1 + r.examples(i).len() / r.dim.max(1))
+                .sum();
+            (vectors <= MAX_SCAN_VECTORS).then(|| {
+                let mut matrix = Vec::with_capacity(vectors * r.dim);
+                let mut owner = Vec::with_capacity(vectors);
+                for i in (0..r.len()).filter(|&i| live[i].is_some()) {
+                    let q = r.embedding(i).unwrap_or(&[]);
+                    for v in std::iter::once(q).chain(r.examples(i).chunks_exact(r.dim.max(1))) {
+                        if v.len() == r.dim {
+                            matrix.extend(v.iter().map(|x| x.to_f32()));
+                            owner.push(i as u32);
+                        }
+                    }
+                }
+                Dense { matrix, owner }
+            })
+        };
         Ok(FaqIndex {
             generation,
             searcher,
             rows,
+            live,
+            dense,
             en: analyzer_en(),
             generic: analyzer_generic(),
         })
@@ -312,14 +420,48 @@ impl FaqIndex {
                 });
             }
         }
-        let raw = self.candidates(text, intent, opts)?;
+        let mut raw = self.candidates(text, intent, opts)?;
+        let emb = embedding.filter(|_| opts.rerank);
+        // Exact cosine of the message with every live entry (its question or closest example),
+        // when the index is small enough to scan.
+        let scanned: Option<Vec<f32>> = emb
+            .filter(|_| opts.dense_candidates > 0)
+            .zip(self.dense.as_ref())
+            .map(|(q, d)| {
+                let mut dots = vec![0f32; d.owner.len()];
+                scan(&d.matrix, rows.dim, q, &mut dots);
+                let mut best = vec![f32::NEG_INFINITY; rows.len()];
+                for (&o, &c) in d.owner.iter().zip(&dots) {
+                    let b = &mut best[o as usize];
+                    *b = b.max(c);
+                }
+                best
+            });
+        if let Some(all) = &scanned {
+            let mut order: Vec<usize> = (0..all.len()).filter(|&r| all[r].is_finite()).collect();
+            let n = opts.dense_candidates.min(order.len());
+            if n > 0 {
+                order.select_nth_unstable_by(n - 1, |&a, &b| all[b].total_cmp(&all[a]));
+                let have: BTreeSet<DocAddress> = raw.iter().map(|c| c.1).collect();
+                let intent_on = intent.filter(|_| opts.intent_mode != IntentMode::Off);
+                // A filter that found entries of the intent keeps to them.
+                let filtering = opts.intent_mode == IntentMode::Filter && raw.iter().any(|c| c.2);
+                for &r in &order[..n] {
+                    if let Some((addr, row_intent)) = &self.live[r] {
+                        let m = intent_on.is_some() && row_intent.as_deref() == intent_on;
+                        if !have.contains(addr) && (m || !filtering) {
+                            raw.push((0.0, *addr, m));
+                        }
+                    }
+                }
+            }
+        }
         let max_bm25 = raw.iter().map(|c| c.0).fold(0.0f32, f32::max);
         let bonus = if opts.intent_mode == IntentMode::Boost {
             opts.intent_bonus
         } else {
             0.0
         };
-        let emb = embedding.filter(|_| opts.rerank);
         let mut cands: Vec<Candidate> = Vec::with_capacity(raw.len());
         for (bm25, addr, intent_match) in raw {
             let Some(row) = self
@@ -331,7 +473,10 @@ impl FaqIndex {
             };
             let row = row as usize;
             let norm = if max_bm25 > 0.0 { bm25 / max_bm25 } else { 0.0 };
-            let cosine = emb.and_then(|q| rows.embedding(row).map(|e| dot_f16(q, e)));
+            let cosine = emb.map(|q| match &scanned {
+                Some(all) => all[row],
+                None => self.row_cosine(q, row),
+            });
             let base = match cosine {
                 Some(c) => opts.cosine_weight * c + (1.0 - opts.cosine_weight) * norm,
                 None => norm,
@@ -344,6 +489,9 @@ impl FaqIndex {
                 cosine,
                 score: base + if intent_match { bonus } else { 0.0 },
             });
+        }
+        if opts.fusion == Fusion::Rrf && emb.is_some() {
+            rrf(&mut cands, opts.rrf_k, bonus);
         }
         // Ties go to the earlier row (the earlier source line): deterministic.
         cands.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
@@ -363,6 +511,18 @@ impl FaqIndex {
         kept.into_iter()
             .map(|(c, dups)| self.hit(c, dups))
             .collect()
+    }
+
+    /// Cosine of `q` with row `r`: its question's or its closest example phrasing's.
+    fn row_cosine(&self, q: &[f32], r: usize) -> f32 {
+        let rows = &self.generation.rows;
+        let mut best = rows
+            .embedding(r)
+            .map_or(f32::NEG_INFINITY, |e| dot_f16(q, e));
+        for e in rows.examples(r).chunks_exact(rows.dim.max(1)) {
+            best = best.max(dot_f16(q, e));
+        }
+        best
     }
 
     fn hit(&self, c: Candidate, duplicates: usize) -> Result<Hit> {
@@ -388,6 +548,63 @@ impl FaqIndex {
             duplicates,
         })
     }
+}
+
+/// Reciprocal rank fusion of the BM25 and the cosine rankings of `cands` (ties share a rank
+/// order by row); an intent match counts as one more first place, scaled by `bonus / 0.2`
+/// (the default bonus is one first place).
+fn rrf(cands: &mut [Candidate], k: f32, bonus: f32) {
+    let mut by_bm25: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].bm25 > 0.0).collect();
+    by_bm25.sort_by(|&a, &b| {
+        cands[b]
+            .bm25
+            .total_cmp(&cands[a].bm25)
+            .then(cands[a].row.cmp(&cands[b].row))
+    });
+    let mut by_cos: Vec<usize> = (0..cands.len()).collect();
+    let cos = |i: usize| cands[i].cosine.unwrap_or(f32::NEG_INFINITY);
+    by_cos.sort_by(|&a, &b| {
+        cos(b)
+            .total_cmp(&cos(a))
+            .then(cands[a].row.cmp(&cands[b].row))
+    });
+    let mut score = vec![0.0f32; cands.len()];
+    for (rank, &i) in by_bm25.iter().enumerate() {
+        score[i] += 1.0 / (k + rank as f32 + 1.0);
+    }
+    for (rank, &i) in by_cos.iter().enumerate() {
+        score[i] += 1.0 / (k + rank as f32 + 1.0);
+    }
+    for (c, s) in cands.iter_mut().zip(score) {
+        c.score = s + if c.intent_match {
+            bonus / 0.2 / (k + 1.0)
+        } else {
+            0.0
+        };
+    }
+}
+
+/// Whether the best hit may be given as the answer: its cosine reaches `min_cosine`, and its
+/// score stands out from the next different answer's by `min_margin` (or its cosine reaches
+/// `sure_cosine`). BM25-only hits (no cosine) are trusted as before.
+pub fn confident(hits: &[Hit], opts: &SearchOptions) -> bool {
+    let Some(top) = hits.first() else {
+        return false;
+    };
+    let Some(c) = top.scores.cosine else {
+        return true;
+    };
+    if c < opts.min_cosine {
+        return false;
+    }
+    if c >= opts.sure_cosine {
+        return true;
+    }
+    let next = hits[1..]
+        .iter()
+        .map(|h| h.scores.score)
+        .fold(f32::NEG_INFINITY, f32::max);
+    top.scores.score - next >= opts.min_margin
 }
 
 /// Dot product of an f32 query with an f16 row; both are L2-normalised, so this is the cosine.

@@ -22,6 +22,10 @@ pub struct FaqEntry {
     /// ISO 639-1 code; picks the analyzer (`en` stemmed, anything else generic).
     pub language: String,
     pub tags: Vec<String>,
+    /// Other ways shoppers ask the question (the `examples` column, `|`-separated): indexed
+    /// with the entry, so a shopper's wording can match any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
     /// 1-based line of the row in its source file (0 when not read from a file).
     #[serde(skip)]
     pub line: u64,
@@ -39,6 +43,7 @@ pub struct SourceSpec {
     pub category: String,
     pub language: String,
     pub tags: String,
+    pub examples: String,
     /// Language of rows without a language column.
     pub default_language: String,
 }
@@ -54,6 +59,7 @@ impl Default for SourceSpec {
             category: "category".into(),
             language: "language|lang".into(),
             tags: "tags".into(),
+            examples: "examples".into(),
             default_language: "en".into(),
         }
     }
@@ -91,11 +97,12 @@ pub fn read_entries(path: &Path, spec: &SourceSpec, strict: bool) -> Result<Sour
         &spec.category,
         &spec.language,
         &spec.tags,
+        &spec.examples,
     ]
     .iter()
     .map(|c| Column::parse(c))
     .collect();
-    let required = [false, true, true, false, false, false, false];
+    let required = [false, true, true, false, false, false, false, false];
     let rows = Rows::new(&bytes[..], format, cols, &required).map_err(|e| err(e.to_string()))?;
     let stem = path
         .file_stem()
@@ -116,6 +123,7 @@ pub fn read_entries(path: &Path, spec: &SourceSpec, strict: bool) -> Result<Sour
             let question = next().ok_or("empty question")?;
             let answer = next().ok_or("empty answer")?;
             let (intent, category, language, tags) = (next(), next(), next(), next());
+            let examples = next();
             Ok(FaqEntry {
                 id: id.unwrap_or_else(|| format!("{stem}-{line}")),
                 question,
@@ -128,6 +136,15 @@ pub fn read_entries(path: &Path, spec: &SourceSpec, strict: bool) -> Result<Sour
                 tags: tags
                     .map(|t| {
                         t.split([',', ';', '|'])
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                examples: examples
+                    .map(|t| {
+                        t.split('|')
                             .map(str::trim)
                             .filter(|s| !s.is_empty())
                             .map(String::from)
@@ -167,6 +184,7 @@ mod tests {
         .expect("write");
         let r = read_entries(&p, &SourceSpec::default(), false).expect("read");
         assert_eq!(r.entries.len(), 1);
+        assert!(r.entries[0].examples.is_empty());
         let e = &r.entries[0];
         assert_eq!(e.id, "support-2");
         assert_eq!(e.intent.as_deref(), Some("track_order"));
@@ -177,6 +195,22 @@ mod tests {
         let strict = read_entries(&p, &SourceSpec::default(), true);
         assert!(
             matches!(strict, Err(FaqError::Source { reason, .. }) if reason.contains("line 3"))
+        );
+    }
+
+    #[test]
+    fn examples_column_is_split_on_bars() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f.csv");
+        std::fs::write(
+            &p,
+            "id,question,answer,examples\nt1,Where is my order?,Here.,where's my stuff | parcel not here ||\n",
+        )
+        .expect("write");
+        let r = read_entries(&p, &SourceSpec::default(), true).expect("read");
+        assert_eq!(
+            r.entries[0].examples,
+            vec!["where's my stuff", "parcel not here"]
         );
     }
 

@@ -46,6 +46,10 @@ pub struct Manifest {
     /// How the threshold was chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_rule: Option<String>,
+    /// Intent heads: in-scope messages kept vs out-of-scope messages caught at thresholds from
+    /// 0 to 0.95 (validation data), so a shop can pick another operating point knowingly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oos_curve: Vec<CurvePoint>,
     pub training: TrainingRecord,
     /// Validation metrics at the end of training.
     pub metrics: BTreeMap<String, f64>,
@@ -69,7 +73,22 @@ pub struct TrainingRecord {
     pub weight_decay: f64,
     pub balanced: bool,
     pub finetune: bool,
+    /// Augmented copies per in-scope training row (`train_rows` counts them).
+    #[serde(default)]
+    pub augment: usize,
     pub shopdesk_version: String,
+}
+
+/// One point of the out-of-scope curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub threshold: f32,
+    /// In-scope validation messages accepted with the right intent.
+    pub in_scope_right: f64,
+    /// In-scope validation messages rejected (below the threshold or given the out-of-scope class).
+    pub in_scope_rejected: f64,
+    /// Out-of-scope validation messages rejected.
+    pub oos_caught: f64,
 }
 
 /// A loaded head.
@@ -432,7 +451,11 @@ pub fn argmax_rows(t: &Tensor) -> candle_core::Result<Vec<usize>> {
 /// (a rejected in-scope message counts as wrong) and out-of-scope recall. Without them: the
 /// largest threshold that rejects at most 1% of correctly classified in-scope messages, so the
 /// head refuses what it is least sure of.
-pub fn choose_threshold(in_scope: &[(f32, bool)], oos_max_probs: &[f32]) -> (f32, String) {
+pub fn choose_threshold(
+    in_scope: &[(f32, bool)],
+    oos_max_probs: &[f32],
+    max_in_scope_rejected: f64,
+) -> (f32, String) {
     if in_scope.is_empty() {
         return (0.0, "no validation data: threshold 0".into());
     }
@@ -450,25 +473,57 @@ pub fn choose_threshold(in_scope: &[(f32, bool)], oos_max_probs: &[f32]) -> (f32
             "1st percentile of top probability over correct in-scope validation messages".into(),
         );
     }
-    let mut candidates: Vec<f32> = in_scope.iter().map(|(p, _)| *p).collect();
-    candidates.extend_from_slice(oos_max_probs);
+    // Probabilities below 0 mark messages given the out-of-scope class: rejected at any threshold.
+    let mut candidates: Vec<f32> = in_scope
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(oos_max_probs.iter().copied())
+        .filter(|p| *p >= 0.0)
+        .collect();
+    candidates.push(0.0);
     candidates.sort_by(|a, b| a.total_cmp(b));
     candidates.dedup();
+    // Of the thresholds that keep in-scope rejections within budget, the one with the best mean
+    // of in-scope messages kept right and out-of-scope messages caught (the lowest on ties): a
+    // head with its own out-of-scope class often gains little from a threshold, and then should
+    // not spend the budget on it.
     let mut best = (0.0f32, f64::MIN);
     for &t in &candidates {
-        let acc =
-            in_scope.iter().filter(|(p, c)| *c && *p >= t).count() as f64 / in_scope.len() as f64;
-        let rec =
-            oos_max_probs.iter().filter(|p| **p < t).count() as f64 / oos_max_probs.len() as f64;
-        let score = (acc + rec) / 2.0;
-        if score > best.1 {
+        let p = curve_point(in_scope, oos_max_probs, t);
+        if p.in_scope_rejected > max_in_scope_rejected {
+            break;
+        }
+        let score = (p.in_scope_right + p.oos_caught) / 2.0;
+        if score > best.1 + 1e-12 {
             best = (t, score);
         }
     }
     (
         best.0,
-        "maximises mean of in-scope accuracy and out-of-scope recall on validation data".into(),
+        format!(
+            "best mean of in-scope right and out-of-scope caught among thresholds that reject at most {:.1}% of in-scope validation messages",
+            max_in_scope_rejected * 100.0
+        ),
     )
+}
+
+/// In-scope kept and out-of-scope caught at threshold `t` (see [`choose_threshold`]).
+pub fn curve_point(in_scope: &[(f32, bool)], oos_max_probs: &[f32], t: f32) -> CurvePoint {
+    let n = in_scope.len().max(1) as f64;
+    CurvePoint {
+        threshold: t,
+        in_scope_right: in_scope.iter().filter(|(p, c)| *c && *p >= t).count() as f64 / n,
+        in_scope_rejected: in_scope.iter().filter(|(p, _)| *p < t).count() as f64 / n,
+        oos_caught: oos_max_probs.iter().filter(|p| **p < t).count() as f64
+            / oos_max_probs.len().max(1) as f64,
+    }
+}
+
+/// The curve at thresholds 0, 0.05, …, 0.95.
+pub fn oos_curve(in_scope: &[(f32, bool)], oos_max_probs: &[f32]) -> Vec<CurvePoint> {
+    (0..20)
+        .map(|i| curve_point(in_scope, oos_max_probs, i as f32 * 0.05))
+        .collect()
 }
 
 /// Where a task's head lives under the models root.
@@ -559,6 +614,7 @@ mod tests {
             },
             threshold: Some(0.5),
             threshold_rule: Some("test".into()),
+            oos_curve: Vec::new(),
             training: TrainingRecord {
                 data_files: vec!["x.csv".into()],
                 data_sha256: vec!["ab".into()],
@@ -574,6 +630,7 @@ mod tests {
                 weight_decay: 0.0,
                 balanced: false,
                 finetune: false,
+                augment: 0,
                 shopdesk_version: "0".into(),
             },
             metrics: BTreeMap::from([("accuracy".into(), 1.0)]),
@@ -602,7 +659,15 @@ mod tests {
     fn threshold_separates_oos() {
         let ins = vec![(0.9, true), (0.8, true), (0.95, true), (0.4, false)];
         let oos = vec![0.3, 0.35, 0.5];
-        let (t, _) = choose_threshold(&ins, &oos);
+        // A 25% budget lets the one wrong in-scope message go: everything above 0.5 is caught.
+        let (t, _) = choose_threshold(&ins, &oos, 0.25);
         assert!(t > 0.5 && t <= 0.8, "{t}");
+        // No budget: the threshold stays at or below the lowest in-scope probability.
+        // (A wrong in-scope message at 0.4 is rejected by any threshold above it.)
+        let (t0, _) = choose_threshold(&ins, &oos, 0.0);
+        assert!(t0 <= 0.4, "{t0}");
+        // A message given the out-of-scope class (-1) counts as rejected at every threshold.
+        let p = curve_point(&[(-1.0, false), (0.9, true)], &[-1.0, 0.2], 0.0);
+        assert_eq!((p.in_scope_rejected, p.oos_caught), (0.5, 0.5));
     }
 }

@@ -40,6 +40,9 @@ pub struct Report {
     /// predicting whichever of the two has the higher probability (sentiment only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binary: Option<BinaryMetrics>,
+    /// Intent data with out-of-scope rows: in-scope kept vs out-of-scope caught per threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oos_curve: Option<Vec<super::head::CurvePoint>>,
     pub note: String,
 }
 
@@ -175,6 +178,7 @@ impl Report {
             in_scope_rejected,
             closed_set_accuracy: None,
             binary: None,
+            oos_curve: None,
             note: String::new(),
         }
     }
@@ -223,6 +227,15 @@ impl Report {
         }
         if let Some(r) = self.closed_set_accuracy {
             s += &format!("closed-set accuracy (top label, no rejection) {r:.4}\n");
+        }
+        if let Some(curve) = &self.oos_curve {
+            s += "threshold  in-scope right  in-scope rejected  out-of-scope caught\n";
+            for p in curve {
+                s += &format!(
+                    "{:>9.2}  {:>14.4}  {:>17.4}  {:>19.4}\n",
+                    p.threshold, p.in_scope_right, p.in_scope_rejected, p.oos_caught
+                );
+            }
         }
         if let Some(b) = &self.binary {
             s += &format!(

@@ -3,6 +3,8 @@
 //! The public face is [`Nlu`]: start it once, then `classify`/`embed` from async code. All model
 //! work happens on the worker thread described in [`worker`].
 
+pub mod anger;
+pub mod augment;
 pub mod bert;
 pub mod data;
 pub mod device;

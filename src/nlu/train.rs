@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
+use super::augment;
 use super::data::{self, DataSpec, Example};
 use super::encoder::Encoder;
 use super::error::{NluError, Result};
@@ -73,6 +74,10 @@ pub struct TrainOptions {
     pub cache_dir: Option<PathBuf>,
     /// Fine-tune the whole encoder after training the head on frozen features.
     pub finetune: Option<FinetuneConfig>,
+    /// Augmented copies of each in-scope training row (`augment::variant`); 0: none.
+    pub augment: usize,
+    /// Intent threshold: at most this share of in-scope validation messages may be rejected.
+    pub max_in_scope_rejected: f64,
 }
 
 /// What `train` reports back.
@@ -206,11 +211,20 @@ pub fn train(
     if kept.is_empty() {
         return Err(NluError::Invalid("no usable training rows".into()));
     }
-    let (train_ex, val_ex) = if opts.validation > 0.0 {
+    let (mut train_ex, val_ex) = if opts.validation > 0.0 {
         data::stratified_split(&kept, opts.validation, seed.wrapping_add(1))
     } else {
         (kept, Vec::new())
     };
+    if opts.augment > 0 {
+        // Only training rows: validation (early stopping, the threshold) stays real text.
+        let ins: Vec<Example> = train_ex
+            .iter()
+            .filter(|e| !is_oos_label(&e.label))
+            .cloned()
+            .collect();
+        train_ex.extend(augment::augment(&ins, opts.augment, seed ^ 0xa06));
+    }
     let labels: Vec<String> = {
         let set: std::collections::BTreeSet<&str> =
             train_ex.iter().map(|e| e.label.as_str()).collect();
@@ -328,6 +342,7 @@ pub fn train(
             encoder: encoder_ref,
             threshold: None,
             threshold_rule: None,
+            oos_curve: Vec::new(),
             training: TrainingRecord {
                 data_files: opts
                     .data
@@ -355,6 +370,7 @@ pub fn train(
                 weight_decay: opts.head.weight_decay,
                 balanced: opts.head.balanced,
                 finetune: opts.finetune.is_some(),
+                augment: opts.augment,
                 shopdesk_version: env!("CARGO_PKG_VERSION").into(),
             },
             metrics: BTreeMap::new(),
@@ -376,14 +392,25 @@ pub fn train(
     metrics.insert("validation_accuracy".into(), rep.accuracy);
     metrics.insert("validation_macro_f1".into(), rep.macro_f1);
     if opts.task == "intent" {
-        let ins: Vec<(f32, bool)> = val_pred
-            .iter()
-            .zip(&pred_idx)
-            .zip(&y_val)
-            .map(|((p, pi), y)| (p.confidence, pi == y))
-            .collect();
-        let oos_conf: Vec<f32> = predict(&h, &x_oos)?.iter().map(|p| p.confidence).collect();
-        let (t, rule) = head::choose_threshold(&ins, &oos_conf);
+        // A message given the head's own out-of-scope class is rejected at any threshold (-1).
+        let conf = |p: &super::Prediction| {
+            if is_oos_label(&p.label) {
+                -1.0
+            } else {
+                p.confidence
+            }
+        };
+        let mut ins: Vec<(f32, bool)> = Vec::new();
+        let mut oos_conf: Vec<f32> = Vec::new();
+        for ((p, pi), y) in val_pred.iter().zip(&pred_idx).zip(&y_val) {
+            if is_oos_label(&labels[*y]) {
+                oos_conf.push(conf(p));
+            } else {
+                ins.push((conf(p), pi == y));
+            }
+        }
+        oos_conf.extend(predict(&h, &x_oos)?.iter().map(conf));
+        let (t, rule) = head::choose_threshold(&ins, &oos_conf, opts.max_in_scope_rejected);
         h.manifest.threshold = Some(t);
         h.manifest.threshold_rule = Some(format!(
             "{rule} ({} in-scope, {} out-of-scope validation texts)",
@@ -391,8 +418,11 @@ pub fn train(
             oos_conf.len()
         ));
         if !oos_conf.is_empty() {
-            let rec = oos_conf.iter().filter(|c| **c < t).count() as f64 / oos_conf.len() as f64;
-            metrics.insert("validation_oos_recall".into(), rec);
+            let at = head::curve_point(&ins, &oos_conf, t);
+            metrics.insert("validation_oos_recall".into(), at.oos_caught);
+            metrics.insert("validation_in_scope_rejected".into(), at.in_scope_rejected);
+            metrics.insert("validation_in_scope_right".into(), at.in_scope_right);
+            h.manifest.oos_curve = head::oos_curve(&ins, &oos_conf);
         }
     }
     h.manifest.metrics = metrics;
@@ -539,6 +569,30 @@ pub fn evaluate(
                 .filter(|&&i| idx.get(preds[i].label.as_str()) == Some(&gold[i]))
                 .count();
             rep.closed_set_accuracy = Some(hit as f64 / ins.len() as f64);
+            // The same curve as the manifest's, on this data.
+            let conf = |i: usize| {
+                if is_oos_label(&preds[i].label) {
+                    -1.0
+                } else {
+                    preds[i].confidence
+                }
+            };
+            let in_pts: Vec<(f32, bool)> = ins
+                .iter()
+                .map(|&i| (conf(i), idx.get(preds[i].label.as_str()) == Some(&gold[i])))
+                .collect();
+            let out_pts: Vec<f32> = (0..gold.len())
+                .filter(|&i| gold[i] == o)
+                .map(conf)
+                .collect();
+            if !out_pts.is_empty() {
+                let mut curve = head::oos_curve(&in_pts, &out_pts);
+                if let Some(t) = m.threshold {
+                    curve.push(head::curve_point(&in_pts, &out_pts, t));
+                    curve.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
+                }
+                rep.oos_curve = Some(curve);
+            }
         }
     }
     if let (Some(neg), Some(pos)) = (idx.get("negative"), idx.get("positive")) {

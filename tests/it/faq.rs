@@ -143,6 +143,7 @@ fn entry(id: &str, q: &str, a: &str, intent: &str) -> FaqEntry {
         category: None,
         language: "en".into(),
         tags: vec![],
+        examples: vec![],
         line: 0,
     }
 }
@@ -311,6 +312,94 @@ fn near_duplicate_answers_collapse() {
         "the exact copy and the edited copy are folded in"
     );
     assert!(hits.iter().all(|h| h.scores.cosine.is_some()));
+}
+
+/// Maps listed texts to fixed unit vectors (axis `i`, or a blend of two axes); anything else to
+/// the last axis. Lets a test say exactly which texts are close without a real encoder.
+struct TableEmbedder(Vec<(&'static str, Vec<(usize, f32)>)>);
+
+impl Embedder for TableEmbedder {
+    fn name(&self) -> &str {
+        "table"
+    }
+    fn weights_sha256(&self) -> &str {
+        "table-v1"
+    }
+    fn dim(&self) -> usize {
+        8
+    }
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, faq::FaqError> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = [0f32; 8];
+                match self.0.iter().find(|(k, _)| k == t) {
+                    Some((_, parts)) => parts.iter().for_each(|&(i, x)| v[i] = x),
+                    None => v[7] = 1.0,
+                }
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect())
+    }
+}
+
+/// An entry that shares no word with the message is found by its embedding (question, example
+/// phrasing) alone; a message between two entries is not answered with confidence.
+#[test]
+fn dense_candidates_and_the_answer_gate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut money = entry(
+        "money",
+        "When do I get my money back?",
+        "Refunds reach your card within five days.",
+        "track_refund",
+    );
+    money.intent = None;
+    let mut abroad = entry(
+        "abroad",
+        "Do you ship abroad?",
+        "We ship to 30 countries.",
+        "delivery_options",
+    );
+    abroad.intent = None;
+    abroad.examples = vec!["send parcels overseas".into()];
+    let mut emb = TableEmbedder(vec![
+        ("When do I get my money back?", vec![(0, 1.0)]),
+        ("reimbursement timeline", vec![(0, 1.0), (7, 0.1)]),
+        ("Do you ship abroad?", vec![(1, 1.0)]),
+        ("send parcels overseas", vec![(2, 1.0)]),
+        ("international delivery", vec![(2, 1.0), (7, 0.1)]),
+        ("halfway thing", vec![(0, 1.0), (2, 1.0)]),
+    ]);
+    faq::index::build(dir.path(), vec![money, abroad], vec![info()], &mut emb).expect("build");
+    let idx = faq::open(dir.path(), None).expect("open");
+    let opts = SearchOptions::default();
+    let search = |text: &'static str, o: &SearchOptions| {
+        let q = TableEmbedder(emb.0.clone()).embed(&[text]).expect("embed");
+        idx.search(text, Some(&q[0]), None, o).expect("search")
+    };
+    // No shared word: BM25 alone finds nothing, the dense candidates find the entry.
+    let hits = search("reimbursement timeline", &opts);
+    assert_eq!(
+        hits.first().map(|h| h.id.as_str()),
+        Some("money"),
+        "{hits:?}"
+    );
+    assert!(faq::confident(&hits, &opts), "{hits:?}");
+    let bm25_only = SearchOptions {
+        dense_candidates: 0,
+        ..opts.clone()
+    };
+    assert!(search("reimbursement timeline", &bm25_only).is_empty());
+    // Through the example phrasing: the entry's cosine is its closest vector's.
+    let hits = search("international delivery", &opts);
+    assert_eq!(hits[0].id, "abroad", "{hits:?}");
+    assert!(hits[0].scores.cosine.expect("cosine") > 0.99);
+    // Halfway between the two: no confident answer.
+    let hits = search("halfway thing", &opts);
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert!(!faq::confident(&hits, &opts), "{hits:?}");
 }
 
 /// The demo shop's FAQ through the binary: build, stats, add, ask with a slot in the question.
