@@ -75,20 +75,30 @@ fn main() -> anyhow::Result<()> {
     }
     let texts: Vec<String> = queries.iter().map(|q| q.question.clone()).collect();
     let embs = nlu.embed_blocking(texts.clone())?;
-    let intents: Vec<Option<String>> = nlu
+    // Accepted intent and the whole distribution.
+    type Intents = (Option<String>, Vec<(String, f32)>);
+    let intents: Vec<Intents> = nlu
         .classify_blocking(texts.clone())?
         .into_iter()
-        .map(|c| c.intent.filter(|p| !p.out_of_scope).map(|p| p.label))
+        .map(|c| {
+            let probs = c
+                .intent
+                .as_ref()
+                .map(|p| p.probs.clone())
+                .unwrap_or_default();
+            (c.intent.filter(|p| !p.out_of_scope).map(|p| p.label), probs)
+        })
         .collect();
     let qs: Vec<eval::EvalQuery> = queries
         .iter()
         .zip(embs)
         .zip(intents)
-        .map(|((q, e), i)| eval::EvalQuery {
+        .map(|((q, e), (i, probs))| eval::EvalQuery {
             text: q.question.clone(),
             gold_intent: q.intent.clone().unwrap_or_default(),
             embedding: e,
             predicted_intent: i,
+            intent_probs: probs,
         })
         .collect();
 

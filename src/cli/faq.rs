@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use shopdesk::faq::{
-    self, eval, FaqEntry, Filler, IntentMode, NluEmbedder, SearchOptions, SourceInfo, SourceSpec,
+    self, eval, FaqEntry, Filler, IntentMode, NluEmbedder, QueryIntent, SearchOptions, SourceInfo,
+    SourceSpec,
 };
 use shopdesk::nlu::data::{self, DataSpec};
 use shopdesk::nlu::head::head_dir;
@@ -132,6 +133,9 @@ pub struct TuneArgs {
     boost_others: Option<usize>,
     #[arg(long)]
     cosine_weight: Option<f32>,
+    /// Weight of the answer's cosine beside the question's (0: questions only).
+    #[arg(long)]
+    answer_weight: Option<f32>,
     #[arg(long)]
     intent_bonus: Option<f32>,
     #[arg(long, value_enum)]
@@ -156,6 +160,9 @@ impl TuneArgs {
         }
         if let Some(x) = self.candidates {
             o.candidates = x;
+        }
+        if let Some(x) = self.answer_weight {
+            o.answer_weight = x;
         }
         if let Some(x) = self.boost_others {
             o.boost_others = x;
@@ -191,6 +198,14 @@ fn start_nlu(s: &Settings, intent: bool) -> Result<Nlu> {
     cfg.intent = intent;
     cfg.sentiment = false;
     Ok(Nlu::start(cfg)?)
+}
+
+/// Index builds give entries intent distributions when an intent head is there to compute
+/// them; without one the index still builds (and ranks by exact intent labels only).
+fn has_intent_head(s: &Settings) -> bool {
+    head_dir(&s.models_root, "intent")
+        .join("manifest.json")
+        .exists()
 }
 
 fn read_sources(files: &[PathBuf], src: &SourceArgs) -> Result<(Vec<FaqEntry>, Vec<SourceInfo>)> {
@@ -243,7 +258,7 @@ pub fn run_index(c: IndexCommand, s: &Settings) -> Result<()> {
     match c {
         IndexCommand::Build { faq: files, src } => {
             let (entries, infos) = read_sources(&files, &src)?;
-            let nlu = start_nlu(s, false)?;
+            let nlu = start_nlu(s, has_intent_head(s))?;
             let r = build_into(&s.index_dir, &nlu, entries, infos)?;
             println!(
                 "indexed {} entries into {} (embedding {:.1} s, indexing {:.2} s{})",
@@ -263,7 +278,7 @@ pub fn run_index(c: IndexCommand, s: &Settings) -> Result<()> {
             if entries.is_empty() {
                 bail!("{}: no entries to add", file.display());
             }
-            let nlu = start_nlu(s, false)?;
+            let nlu = start_nlu(s, has_intent_head(s))?;
             let bar = progress_bar(entries.len() as u64, "embed");
             let r = faq::index::add(
                 &s.index_dir,
@@ -399,12 +414,23 @@ fn query_eval(s: &Settings, path: &Path, json: Option<&Path>, tune: &TuneArgs) -
     let nlu = start_nlu(s, true)?;
     let index = faq::open(&s.index_dir, Some(&nlu.info().encoder_sha256))?;
     let texts: Vec<String> = qs.iter().map(|q| q.0.clone()).collect();
-    let mut prepared: Vec<(Vec<f32>, Option<String>)> = Vec::with_capacity(texts.len());
+    // Embedding, accepted intent, the intent distribution.
+    type Prepared = (Vec<f32>, Option<String>, Vec<(String, f32)>);
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(128) {
         let emb = nlu.embed_blocking(chunk.to_vec())?;
         let cls = nlu.classify_blocking(chunk.to_vec())?;
         for (e, c) in emb.into_iter().zip(cls) {
-            prepared.push((e, c.intent.filter(|p| !p.out_of_scope).map(|p| p.label)));
+            let probs = c
+                .intent
+                .as_ref()
+                .map(|p| p.probs.clone())
+                .unwrap_or_default();
+            prepared.push((
+                e,
+                c.intent.filter(|p| !p.out_of_scope).map(|p| p.label),
+                probs,
+            ));
         }
     }
     let run = |name: &str, opts: &SearchOptions| -> Result<QueryEvalRow> {
@@ -417,9 +443,13 @@ fn query_eval(s: &Settings, path: &Path, json: Option<&Path>, tune: &TuneArgs) -
         let (mut none, mut none_held) = (0usize, 0usize);
         let mut lat = Vec::with_capacity(qs.len());
         let mut misses = Vec::new();
-        for ((text, gold), (emb, intent)) in qs.iter().zip(&prepared) {
+        for ((text, gold), (emb, intent, probs)) in qs.iter().zip(&prepared) {
             let t = Instant::now();
-            let hits = index.search(text, Some(emb), intent.as_deref(), &opts)?;
+            let qi = QueryIntent {
+                label: intent.as_deref(),
+                probs,
+            };
+            let hits = index.search_with(text, Some(emb), qi, &opts)?;
             lat.push(t.elapsed().as_secs_f64() * 1e6);
             let trusted = faq::confident(&hits, &opts);
             match gold {
@@ -626,6 +656,11 @@ fn index_eval(
         let cls = nlu.classify_blocking(chunk.to_vec())?;
         for ((q, e), c) in qchunk.iter().zip(emb).zip(cls) {
             let gold = q.intent.clone().unwrap_or_default();
+            let probs = c
+                .intent
+                .as_ref()
+                .map(|p| p.probs.clone())
+                .unwrap_or_default();
             let pred = c.intent.filter(|p| !p.out_of_scope).map(|p| p.label);
             if pred.as_deref() == Some(gold.as_str()) {
                 correct += 1;
@@ -635,6 +670,7 @@ fn index_eval(
                 gold_intent: gold,
                 embedding: e,
                 predicted_intent: pred,
+                intent_probs: probs,
             });
         }
         bar.inc(chunk.len() as u64);
@@ -752,10 +788,13 @@ pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
         ..SearchOptions::default()
     };
     let t = Instant::now();
-    let hits = index.search(
+    let hits = index.search_with(
         &question,
         Some(&emb),
-        intent.as_ref().map(|p| p.label.as_str()),
+        QueryIntent {
+            label: intent.as_ref().map(|p| p.label.as_str()),
+            probs: intent.as_ref().map_or(&[], |p| p.probs.as_slice()),
+        },
         &opts,
     )?;
     let search_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::dialogue::{
     Decision, Knowledge, KnownAnswer, Policy, ProductRequest, State, Understanding,
 };
-use crate::faq::{self, FaqIndex, Filled, Filler, SearchOptions};
+use crate::faq::{self, FaqIndex, Filled, Filler, QueryIntent, SearchOptions};
 use crate::nlu::slots::{SlotExtractor, SlotKind};
 use crate::nlu::{Classification, Nlu, NluConfig};
 use crate::recommend::{Filters, Recommendation, Recommender};
@@ -127,10 +127,17 @@ impl Engine {
             );
             None
         };
-        let slots = match &recommender {
+        let mut slots = match &recommender {
             Some(r) => SlotExtractor::new(&r.model().catalog().product_names()),
             None => SlotExtractor::default(),
         };
+        // The shop's own order-number format, when its profile names one.
+        if let Some(p) = filler.profile().get("orders.number_pattern") {
+            slots = slots.with_order_pattern(p).map_err(|e| LoadError {
+                what: "shop profile",
+                reason: format!("[orders] number_pattern is not a valid regex: {e}"),
+            })?;
+        }
         Ok(Engine {
             nlu,
             faq: ArcSwap::from_pointee(faq),
@@ -207,6 +214,8 @@ impl Engine {
         let k = TurnKnowledge {
             engine: self,
             embedding: cls.embedding.as_deref(),
+            intent_probs: cls.intent.as_ref().map_or(&[], |p| p.probs.as_slice()),
+            own_intent: intent.map(|p| p.label.as_str()),
         };
         let decision = self.policy.turn(state, &u, &k);
         let products = self.products(&decision.products, customer_id);
@@ -242,6 +251,8 @@ impl Engine {
         let k = TurnKnowledge {
             engine: self,
             embedding: None,
+            intent_probs: &[],
+            own_intent: None,
         };
         self.policy.escalation_text(state, &k)
     }
@@ -288,18 +299,32 @@ pub fn product_out(r: &Recommendation) -> ProductOut {
 struct TurnKnowledge<'a> {
     engine: &'a Engine,
     embedding: Option<&'a [f32]>,
+    /// The message's intent distribution (the FAQ ranks entries by agreement with it).
+    intent_probs: &'a [(String, f32)],
+    /// The intent the NLU accepted for the message, if any.
+    own_intent: Option<&'a str>,
 }
 
 impl Knowledge for TurnKnowledge<'_> {
     fn answer(&self, text: &str, intent: Option<&str>) -> Option<KnownAnswer> {
         let t = Instant::now();
         let opts = &self.engine.search;
-        let hits = match self
-            .engine
-            .faq
-            .load()
-            .search(text, self.embedding, intent, opts)
-        {
+        let hits = match self.engine.faq.load().search_with(
+            text,
+            self.embedding,
+            QueryIntent {
+                label: intent,
+                // The distribution is the message's: it speaks for the intent the policy
+                // asks about only when that is the message's own (not one resumed from an
+                // earlier turn or taken from the FAQ).
+                probs: if intent == self.own_intent {
+                    self.intent_probs
+                } else {
+                    &[]
+                },
+            },
+            opts,
+        ) {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!("FAQ search failed: {e}");

@@ -85,6 +85,36 @@ pub struct DialogueTexts {
     #[serde(default)]
     pub rephrase_quick_replies: Vec<String>,
     pub patterns: BTreeMap<String, String>,
+    /// More small talk and shop facts the shop edits ("are you a bot?", "what's your e-mail?"):
+    /// kind → pattern, reply (placeholders from the shop profile allowed) and quick replies.
+    /// Checked after greeting, thanks and goodbye, in name order.
+    #[serde(default)]
+    pub small_talk: BTreeMap<String, SmallTalk>,
+    /// Said instead of a small-talk reply whose every sentence needs a fact the shop profile
+    /// lacks: never invent it, offer a person.
+    #[serde(default = "default_unknown_fact")]
+    pub unknown_fact: String,
+    /// Said before the answer when the shopper is upset (anger at least `negative_score`).
+    #[serde(default = "default_empathy")]
+    pub empathy: String,
+}
+
+fn default_empathy() -> String {
+    "I'm sorry about the trouble.".into()
+}
+
+/// One shop-editable small-talk kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmallTalk {
+    pub pattern: String,
+    pub reply: String,
+    #[serde(default)]
+    pub quick_replies: Vec<String>,
+}
+
+fn default_unknown_fact() -> String {
+    "I don't have that information here, sorry. Shall I ask someone from our team?".into()
 }
 
 fn default_clarify() -> String {
@@ -235,6 +265,16 @@ impl Policy {
                 return Err(format!("[dialogue.patterns] needs '{k}'"));
             }
         }
+        for (k, t) in &texts.small_talk {
+            if patterns.contains_key(k) {
+                return Err(format!(
+                    "[dialogue.small_talk.{k}] has the name of a built-in pattern"
+                ));
+            }
+            let re = Regex::new(&format!("(?i){}", t.pattern))
+                .map_err(|e| format!("small_talk {k}: {e}"))?;
+            patterns.insert(k.clone(), re);
+        }
         Ok(Policy {
             config,
             texts,
@@ -318,6 +358,7 @@ impl Policy {
         let intent = u.intent.as_deref();
         let small_talk = ["greeting", "thanks", "goodbye"]
             .into_iter()
+            .chain(self.texts.small_talk.keys().map(String::as_str))
             .find(|kind| self.matches(kind, &u.text));
         let slot_answer = st
             .pending
@@ -365,12 +406,23 @@ impl Policy {
         }
 
         if let Some(kind) = small_talk {
-            let t = match kind {
-                "greeting" => &self.texts.greeting,
-                "thanks" => &self.texts.thanks,
+            let extra = self.texts.small_talk.get(kind);
+            let t = match (kind, extra) {
+                (_, Some(x)) => &x.reply,
+                ("greeting", _) => &self.texts.greeting,
+                ("thanks", _) => &self.texts.thanks,
                 _ => &self.texts.goodbye,
             };
-            d.reply = Some(self.say(k, t, st));
+            let filled = k.fill(t, &st.slots);
+            let mut reply = filled.text;
+            if let Some(x) = extra {
+                d.quick_replies = x.quick_replies.clone();
+            }
+            if filled.fallback || reply.trim().is_empty() {
+                reply = self.say(k, &self.texts.unknown_fact, st);
+                d.quick_replies = self.texts.rephrase_quick_replies.clone();
+            }
+            d.reply = Some(reply);
             d.source = format!("small_talk:{kind}");
             d.intent = None;
             if kind == "greeting" {
@@ -403,6 +455,7 @@ impl Policy {
                         });
                         d.reply = Some(self.say(k, &q, st));
                         d.source = format!("ask:{slot}");
+                        let d = self.empathise(negative, d, k, st);
                         return self.waiting_note(st, d, k);
                     }
                 }
@@ -473,7 +526,23 @@ impl Policy {
                 st.low_confidence_streak = 0;
             }
         }
+        let d = self.empathise(negative, d, k, st);
         self.waiting_note(st, d, k)
+    }
+
+    /// An upset shopper hears an apology before the answer (unless the reply already opens
+    /// with one).
+    fn empathise(&self, upset: bool, mut d: Decision, k: &dyn Knowledge, st: &State) -> Decision {
+        if let Some(r) = d.reply.as_mut().filter(|_| upset) {
+            let opens = r.trim_start().to_lowercase();
+            if !(opens.starts_with("sorry") || opens.starts_with("i'm sorry")) {
+                let e = self.say(k, &self.texts.empathy, st);
+                if !e.trim().is_empty() {
+                    *r = format!("{} {r}", e.trim());
+                }
+            }
+        }
+        d
     }
 
     /// While waiting for an agent, replies remind the shopper that a person is on the way.

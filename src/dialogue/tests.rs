@@ -405,3 +405,105 @@ fn random_conversations_keep_the_invariants() {
         assert!(escalations <= 1);
     }
 }
+
+/// Thanks and acknowledgements the way people type them, questions about the bot, and shop
+/// facts from the profile; a fact the profile lacks is never invented.
+#[test]
+fn small_talk_and_shop_facts() {
+    let (p, k) = setup();
+    for (text, kind) in [
+        ("ok thx", "thanks"),
+        ("cool thanks!", "thanks"),
+        ("ty", "thanks"),
+        ("ok", "ack"),
+        ("got it.", "ack"),
+        ("are you a bot?", "bot"),
+        ("am i talking to a real person", "bot"),
+        ("what's your email?", "email"),
+        ("whats ur phone number", "phone"),
+        ("can i call you", "phone"),
+        ("what are your opening hours", "hours"),
+    ] {
+        let mut st = State::default();
+        let d = p.turn(&mut st, &msg(text, None, CALM), &k);
+        assert_eq!(d.source, format!("small_talk:{kind}"), "{text}: {d:?}");
+        assert_eq!(st.low_confidence_streak, 0, "{text}");
+    }
+    let mut st = State::default();
+    let d = p.turn(&mut st, &msg("what's your email?", None, CALM), &k);
+    assert!(
+        d.reply
+            .as_deref()
+            .is_some_and(|r| r.contains("help@juniperandpine.example")),
+        "{d:?}"
+    );
+    let d = p.turn(&mut st, &msg("are you a bot?", None, CALM), &k);
+    assert_eq!(d.quick_replies, vec!["Talk to a person".to_string()]);
+    // Not small talk: a shopper's own e-mail or phone, a question that merely mentions one.
+    for text in [
+        "i didn't get the email confirmation",
+        "my phone number changed",
+        "i lost the phone i ordered",
+        "ok so where is my order",
+    ] {
+        let mut st = State::default();
+        let d = p.turn(&mut st, &msg(text, None, CALM), &k);
+        assert!(!d.source.starts_with("small_talk"), "{text}: {d:?}");
+    }
+    // A shop without a phone in its profile: the reply says so and offers a person.
+    let read = |f: &str| std::fs::read_to_string(prompts().join(f)).expect("prompt file");
+    let mut profile = crate::faq::Profile::parse(&read("shop.toml")).expect("profile");
+    profile.0.remove("support.phone");
+    let shop = Shop {
+        filler: Filler::from_parts(profile, &read("placeholders.toml"), &read("en.toml"))
+            .expect("filler"),
+        faq: BTreeMap::new(),
+    };
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg("what's your phone number?", None, CALM),
+        &shop,
+    );
+    let r = d.reply.expect("reply");
+    assert!(r.contains("don't have that information"), "{r}");
+    assert!(!r.contains("555"), "{r}");
+}
+
+/// Order numbers in the shapes shops use are taken as the answer to "what's your order number?"
+/// and never asked for again; an upset shopper hears an apology first.
+#[test]
+fn shop_order_formats_answer_the_question_once() {
+    let (p, k) = setup();
+    for number in ["4471-209", "#4471-882", "A1B2C3D4", "JP-20931"] {
+        let mut st = State::default();
+        let d = p.turn(
+            &mut st,
+            &msg("where's my stuff", Some("track_order"), CALM),
+            &k,
+        );
+        assert_eq!(d.source, "ask:order_number");
+        let d = p.turn(&mut st, &msg(&format!("it's {number}"), None, CALM), &k);
+        assert_eq!(d.source, "faq:track-1", "{number}: {d:?}");
+        assert!(
+            d.reply.as_deref().is_some_and(|r| r.contains(number)),
+            "{d:?}"
+        );
+        assert!(!st.slots.contains_key("phone"), "{number}");
+        let d = p.turn(&mut st, &msg("any news?", Some("track_order"), CALM), &k);
+        assert_eq!(d.source, "faq:track-1", "{number}: asked again? {d:?}");
+    }
+    let mut st = State::default();
+    let d = p.turn(
+        &mut st,
+        &msg(
+            "this is ridiculous, where is my order",
+            Some("track_order"),
+            ("negative", 0.9),
+        ),
+        &k,
+    );
+    let r = d.reply.expect("reply");
+    assert!(r.starts_with("I'm really sorry"), "{r}");
+    assert!(r.contains("order number"), "{r}");
+}

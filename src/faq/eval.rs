@@ -19,6 +19,8 @@ pub struct EvalQuery {
     pub embedding: Vec<f32>,
     /// The intent classifier's prediction (`None`: out of scope).
     pub predicted_intent: Option<String>,
+    /// Its whole distribution (empty if unknown).
+    pub intent_probs: Vec<(String, f32)>,
 }
 
 /// The measurements of one search configuration.
@@ -84,10 +86,13 @@ pub fn timed_search(
     opts: &SearchOptions,
 ) -> Result<(Vec<super::Hit>, f64)> {
     let t = Instant::now();
-    let hits = index.search(
+    let hits = index.search_with(
         &q.text,
         Some(&q.embedding),
-        q.predicted_intent.as_deref(),
+        super::QueryIntent {
+            label: q.predicted_intent.as_deref(),
+            probs: &q.intent_probs,
+        },
         opts,
     )?;
     Ok((hits, t.elapsed().as_secs_f64() * 1e6))

@@ -171,13 +171,17 @@ pub struct IndexManifest {
 
 /// Per-row data kept in memory for reranking: the question embedding, the other vectors of the
 /// entry — its example phrasings, then its answer (CSR: row `r` owns
-/// `examples[indptr[r]..indptr[r + 1]]`) — and the answer's simhash.
+/// `examples[indptr[r]..indptr[r + 1]]`) — and the answer's simhash; and, when an intent head
+/// was loaded at build time, each entry's intent distribution (`[rows, intent_labels]`; all
+/// zero for a row that has none).
 pub(crate) struct RowData {
     pub dim: usize,
     pub embeddings: Vec<f16>,
     pub simhash: Vec<u64>,
     pub example_indptr: Vec<u32>,
     pub example_embeddings: Vec<f16>,
+    pub intent_labels: Vec<String>,
+    pub intent_probs: Vec<f16>,
 }
 
 impl RowData {
@@ -188,7 +192,17 @@ impl RowData {
             simhash: Vec::new(),
             example_indptr: vec![0],
             example_embeddings: Vec::new(),
+            intent_labels: Vec::new(),
+            intent_probs: Vec::new(),
         }
+    }
+
+    /// The row's intent distribution over `intent_labels`, if it has one.
+    pub fn intent_probs(&self, row: usize) -> Option<&[f16]> {
+        let l = self.intent_labels.len();
+        self.intent_probs
+            .get(row * l..(row + 1) * l)
+            .filter(|p| l > 0 && p.iter().any(|x| x.to_f32() > 0.0))
     }
 
     pub fn len(&self) -> usize {
@@ -229,9 +243,14 @@ impl RowData {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
+        let probs: Vec<u8> = self
+            .intent_probs
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let n = self.simhash.len();
         let m = self.example_embeddings.len() / self.dim.max(1);
-        let views = [
+        let mut views = vec![
             (
                 "question",
                 safetensors::tensor::TensorView::new(
@@ -261,7 +280,24 @@ impl RowData {
                     .map_err(|e| FaqError::Invalid(e.to_string()))?,
             ),
         ];
-        safetensors::serialize_to_file(views, None, path)
+        let mut meta = std::collections::HashMap::new();
+        if !self.intent_labels.is_empty() {
+            views.push((
+                "intent",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F16,
+                    vec![n, self.intent_labels.len()],
+                    &probs,
+                )
+                .map_err(|e| FaqError::Invalid(e.to_string()))?,
+            ));
+            meta.insert(
+                INTENT_LABELS_KEY.to_string(),
+                serde_json::to_string(&self.intent_labels)
+                    .map_err(|e| FaqError::Invalid(e.to_string()))?,
+            );
+        }
+        safetensors::serialize_to_file(views, Some(meta), path)
             .map_err(|e| FaqError::Invalid(format!("writing {}: {e}", path.display())))
     }
 
@@ -271,6 +307,8 @@ impl RowData {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| FaqError::io(path, e))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let q = st.tensor("question").map_err(|e| corrupt(e.to_string()))?;
@@ -325,12 +363,41 @@ impl RowData {
                 }
                 _ => (vec![0; n + 1], Vec::new()),
             };
+        // Indexes built without an intent head (or before entry intents existed) have none.
+        let intent_labels: Vec<String> = match header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(INTENT_LABELS_KEY))
+        {
+            Some(j) => {
+                serde_json::from_str(j).map_err(|e| corrupt(format!("intent labels: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let intent_probs: Vec<f16> = match st.tensor("intent") {
+            Ok(t) if !intent_labels.is_empty() => {
+                if t.dtype() != safetensors::Dtype::F16 || t.shape() != [n, intent_labels.len()] {
+                    return Err(corrupt("unexpected intent tensor type or shape".into()));
+                }
+                t.data()
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         Ok(RowData {
             dim,
             embeddings,
             simhash,
             example_indptr,
             example_embeddings,
+            intent_labels: if intent_probs.is_empty() {
+                Vec::new()
+            } else {
+                intent_labels
+            },
+            intent_probs,
         })
     }
 }
@@ -375,7 +442,25 @@ pub trait Embedder {
     fn weights_sha256(&self) -> &str;
     fn dim(&self) -> usize;
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    /// `embed`, plus each text's intent distribution and the labels it is over when an intent
+    /// head is loaded. Entries carry the mean over their question and example phrasings, so a
+    /// FAQ without an intent column still gets intents to match messages by (`search`).
+    fn embed_with_intents(
+        &mut self,
+        texts: &[&str],
+    ) -> Result<(Vec<Vec<f32>>, Option<IntentDistributions>)> {
+        Ok((self.embed(texts)?, None))
+    }
 }
+
+/// Intent probabilities of some texts: `probs[i][k]` is text `i`'s probability of `labels[k]`.
+pub struct IntentDistributions {
+    pub labels: Vec<String>,
+    pub probs: Vec<Vec<f32>>,
+}
+
+/// Safetensors metadata key of the labels of the `intent` tensor.
+const INTENT_LABELS_KEY: &str = "intent_labels";
 
 /// An opened generation.
 pub(crate) struct Generation {
@@ -567,7 +652,7 @@ fn embed_rows(emb: &mut dyn Embedder, entries: &[FaqEntry], rows: &mut RowData) 
                 .chain(std::iter::once(a.as_str()))
         })
         .collect();
-    let vecs = emb.embed(&texts)?;
+    let (vecs, dist) = emb.embed_with_intents(&texts)?;
     if vecs.len() != texts.len() {
         return Err(FaqError::Invalid(format!(
             "the encoder returned {} embeddings for {} texts",
@@ -597,7 +682,67 @@ fn embed_rows(emb: &mut dyn Embedder, entries: &[FaqEntry], rows: &mut RowData) 
         rows.example_indptr.push(last + e.examples.len() as u32 + 1);
         rows.simhash.push(simhash(&e.answer));
     }
+    // The distributions of the questions and examples (answers are no intent's phrasing).
+    let dist = dist.filter(|d| d.probs.len() == texts.len()).map(|d| {
+        let mut at = 0;
+        let mut probs = Vec::with_capacity(texts.len());
+        for e in entries {
+            probs.extend(d.probs[at..at + 1 + e.examples.len()].iter().cloned());
+            at += e.examples.len() + 2;
+        }
+        IntentDistributions {
+            labels: d.labels,
+            probs,
+        }
+    });
+    store_intents(dist, entries, rows);
     Ok(())
+}
+
+/// Each new entry's intent distribution: the mean of the head's over its question and example
+/// phrasings, half of it moved onto the intent the FAQ file names (when the head knows it).
+/// Rows are kept in the labels of the index's first build; `add` maps by label name.
+fn store_intents(dist: Option<IntentDistributions>, entries: &[FaqEntry], rows: &mut RowData) {
+    let first_new = rows.len() - entries.len();
+    let dist = dist.filter(|d| !d.labels.is_empty());
+    if rows.intent_labels.is_empty() && first_new == 0 {
+        if let Some(d) = &dist {
+            rows.intent_labels = d.labels.clone();
+        }
+    }
+    let l = rows.intent_labels.len();
+    if l == 0 {
+        return;
+    }
+    // Rows from before (an index built without a head) stay without a distribution.
+    rows.intent_probs.resize(first_new * l, f16::ZERO);
+    let slot: std::collections::HashMap<&str, usize> = rows
+        .intent_labels
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut at = 0;
+    for e in entries {
+        let n = 1 + e.examples.len();
+        let mut mean = vec![0f32; l];
+        if let Some(d) = &dist {
+            for p in &d.probs[at..at + n] {
+                for (label, &x) in d.labels.iter().zip(p) {
+                    if let Some(&k) = slot.get(label.as_str()) {
+                        mean[k] += x / n as f32;
+                    }
+                }
+            }
+            if let Some(&k) = e.intent.as_deref().and_then(|i| slot.get(i)) {
+                mean.iter_mut().for_each(|x| *x *= 0.5);
+                mean[k] += 0.5;
+            }
+        }
+        at += n;
+        rows.intent_probs
+            .extend(mean.iter().map(|&x| f16::from_f32(x)));
+    }
 }
 
 fn count_by(

@@ -24,10 +24,13 @@ use std::path::Path;
 
 pub use error::FaqError;
 pub use index::{BuildReport, Embedder, IndexManifest, IndexStats, SourceInfo};
-pub use search::{confident, FaqIndex, Fusion, Hit, HitScores, IntentMode, SearchOptions};
+pub use search::{
+    confident, FaqIndex, Fusion, Hit, HitScores, IntentMode, QueryIntent, SearchOptions,
+};
 pub use source::{read_entries, FaqEntry, SourceSpec};
 pub use template::{Filled, Filler, Profile};
 
+use crate::nlu::Prediction;
 use error::Result;
 
 /// Opens the live generation of the index under `root`. `encoder_sha256`, when given, must match
@@ -55,10 +58,59 @@ pub fn current_generation(root: &Path) -> Result<Option<std::path::PathBuf>> {
 }
 
 /// Embeds FAQ questions with the NLU worker's encoder. Repeated questions are embedded once.
+/// With an intent head loaded, the same forward pass gives each text's intent distribution,
+/// kept for `intents`.
 pub struct NluEmbedder<'a> {
     pub nlu: &'a crate::nlu::Nlu,
     /// Called with the number of texts done so far, for progress bars.
     pub progress: Box<dyn FnMut(usize) + 'a>,
+}
+
+impl NluEmbedder<'_> {
+    fn with_intents(&self) -> bool {
+        !self.nlu.info().intent_labels.is_empty()
+    }
+
+    /// Embeddings and (with an intent head) intent distributions of distinct texts.
+    fn run(&mut self, unique: &[&str]) -> Result<Vec<(Vec<f32>, Option<Prediction>)>> {
+        let mut out = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(256) {
+            let texts: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+            if self.with_intents() {
+                for c in self.nlu.classify_embed_blocking(texts)? {
+                    let e = c
+                        .embedding
+                        .ok_or_else(|| FaqError::Invalid("the NLU returned no embedding".into()))?;
+                    out.push((e, c.intent));
+                }
+            } else {
+                out.extend(
+                    self.nlu
+                        .embed_blocking(texts)?
+                        .into_iter()
+                        .map(|e| (e, None)),
+                );
+            }
+            (self.progress)(out.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Distinct texts in first-seen order, and each text's position among them.
+fn distinct<'t>(texts: &[&'t str]) -> (Vec<&'t str>, Vec<usize>) {
+    let mut unique: Vec<&str> = Vec::new();
+    let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let idx = texts
+        .iter()
+        .map(|t| {
+            *slot.entry(t).or_insert_with(|| {
+                unique.push(t);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, idx)
 }
 
 impl Embedder for NluEmbedder<'_> {
@@ -75,25 +127,37 @@ impl Embedder for NluEmbedder<'_> {
     }
 
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let mut unique: Vec<&str> = Vec::new();
-        let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        let idx: Vec<usize> = texts
+        let (unique, idx) = distinct(texts);
+        let done = self.run(&unique)?;
+        Ok(idx.into_iter().map(|i| done[i].0.clone()).collect())
+    }
+
+    fn embed_with_intents(
+        &mut self,
+        texts: &[&str],
+    ) -> Result<(Vec<Vec<f32>>, Option<index::IntentDistributions>)> {
+        let (unique, idx) = distinct(texts);
+        let done = self.run(&unique)?;
+        let labels: Vec<String> = done
             .iter()
-            .map(|t| {
-                *slot.entry(t).or_insert_with(|| {
-                    unique.push(t);
-                    unique.len() - 1
-                })
-            })
-            .collect();
-        let mut vecs = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(256) {
-            vecs.extend(
-                self.nlu
-                    .embed_blocking(chunk.iter().map(|s| s.to_string()).collect())?,
-            );
-            (self.progress)(vecs.len());
-        }
-        Ok(idx.into_iter().map(|i| vecs[i].clone()).collect())
+            .find_map(|(_, p)| p.as_ref())
+            .map(|p| p.probs.iter().map(|x| x.0.clone()).collect())
+            .unwrap_or_default();
+        let dist = (!labels.is_empty() && done.iter().all(|(_, p)| p.is_some())).then(|| {
+            index::IntentDistributions {
+                labels,
+                probs: idx
+                    .iter()
+                    .map(|&i| {
+                        done[i]
+                            .1
+                            .as_ref()
+                            .map(|p| p.probs.iter().map(|x| x.1).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            }
+        });
+        Ok((idx.iter().map(|&i| done[i].0.clone()).collect(), dist))
     }
 }

@@ -1,7 +1,7 @@
 //! Search: BM25 candidates from tantivy, reranked by the cosine similarity of the query's
 //! embedding with each candidate's stored question embedding, near-duplicate answers collapsed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
@@ -55,8 +55,17 @@ pub struct SearchOptions {
     pub fusion: Fusion,
     pub rrf_k: f32,
     pub intent_mode: IntentMode,
-    /// Final score = w·cosine + (1−w)·bm25/max_bm25 (+ intent bonus).
+    /// Final score = w·semantic + (1−w)·bm25/max_bm25 (+ intent bonus), where semantic =
+    /// (best of the question and example cosines + `answer_weight`·answer cosine) /
+    /// (1 + `answer_weight`).
     pub cosine_weight: f32,
+    /// How much the message's closeness to an entry's answer counts beside its closeness to
+    /// the entry's question (or example phrasings). The two add up instead of the larger one
+    /// winning: a paraphrase is often near both, a wrong twin entry near only one.
+    pub answer_weight: f32,
+    /// Added × the intent agreement: the dot product of the message's intent distribution and
+    /// the entry's (stored at build time, so FAQ files without an intent column get it too),
+    /// or 1 for an exact intent match where either is missing.
     pub intent_bonus: f32,
     /// Boost mode: candidates from outside the predicted intent (the best BM25 matches), so a
     /// wrong intent prediction can be outvoted.
@@ -96,7 +105,10 @@ impl Default for SearchOptions {
             fusion: Fusion::Weighted,
             rrf_k: 60.0,
             intent_mode: IntentMode::Boost,
-            cosine_weight: 0.7,
+            // Chosen on held-out paraphrases of the demo FAQ (docs/benchmarks.md): with BM25 at
+            // 0.3 a paraphrase that shares words with a twin entry's question lost to it.
+            cosine_weight: 0.95,
+            answer_weight: 0.3,
             intent_bonus: 0.2,
             boost_others: 10,
             question_boost: 2.0,
@@ -116,10 +128,13 @@ pub struct HitScores {
     /// Raw BM25 of the text query (0 when the entry came in through the intent or the
     /// embedding alone).
     pub bm25: f32,
-    /// Cosine of the query and the entry's question, or of its closest example phrasing
-    /// (hybrid only).
+    /// Cosine of the query and the entry's question, its closest example phrasing or its
+    /// answer, whichever is highest (hybrid only): what the answer gate reads.
     pub cosine: Option<f32>,
     pub intent_match: bool,
+    /// Agreement of the message's and the entry's intent distributions (0–1), when both are
+    /// known.
+    pub intent_agreement: Option<f32>,
     /// What the hits are ordered by.
     pub score: f32,
 }
@@ -161,6 +176,39 @@ struct Dense {
     matrix: Vec<f32>,
     /// The row each vector belongs to.
     owner: Vec<u32>,
+    /// Whether the vector is its row's answer (the others are its question and examples).
+    answer: Vec<bool>,
+}
+
+/// What the NLU said about the message, for the intent part of the ranking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryIntent<'a> {
+    /// The predicted intent, if the head accepted it.
+    pub label: Option<&'a str>,
+    /// Every intent's probability (the head's distribution; empty if unknown).
+    pub probs: &'a [(String, f32)],
+}
+
+/// A message's closeness to one entry.
+#[derive(Debug, Clone, Copy)]
+struct Closeness {
+    /// Best cosine of the question and example phrasings.
+    question: f32,
+    /// Cosine of the answer, for indexes that store one.
+    answer: Option<f32>,
+}
+
+impl Closeness {
+    fn semantic(&self, answer_weight: f32) -> f32 {
+        match self.answer {
+            Some(a) => (self.question + answer_weight * a) / (1.0 + answer_weight),
+            None => self.question,
+        }
+    }
+
+    fn best(&self) -> f32 {
+        self.answer.map_or(self.question, |a| a.max(self.question))
+    }
 }
 
 crate::simd::multiversion! {
@@ -186,6 +234,7 @@ struct Candidate {
     row: usize,
     bm25: f32,
     intent_match: bool,
+    intent_agreement: Option<f32>,
     cosine: Option<f32>,
     score: f32,
 }
@@ -225,16 +274,24 @@ impl FaqIndex {
             (vectors <= MAX_SCAN_VECTORS).then(|| {
                 let mut matrix = Vec::with_capacity(vectors * r.dim);
                 let mut owner = Vec::with_capacity(vectors);
+                let mut answer = Vec::with_capacity(vectors);
                 for i in (0..r.len()).filter(|&i| live[i].is_some()) {
                     let q = r.embedding(i).unwrap_or(&[]);
-                    for v in std::iter::once(q).chain(r.examples(i).chunks_exact(r.dim.max(1))) {
+                    let others = r.examples(i).chunks_exact(r.dim.max(1));
+                    let last = others.len();
+                    for (k, v) in std::iter::once(q).chain(others).enumerate() {
                         if v.len() == r.dim {
                             matrix.extend(v.iter().map(|x| x.to_f32()));
                             owner.push(i as u32);
+                            answer.push(k > 0 && k == last);
                         }
                     }
                 }
-                Dense { matrix, owner }
+                Dense {
+                    matrix,
+                    owner,
+                    answer,
+                }
             })
         };
         Ok(FaqIndex {
@@ -411,7 +468,34 @@ impl FaqIndex {
         intent: Option<&str>,
         opts: &SearchOptions,
     ) -> Result<Vec<Hit>> {
+        let q = QueryIntent {
+            label: intent,
+            probs: &[],
+        };
+        self.search_with(text, embedding, q, opts)
+    }
+
+    /// `search` with the message's whole intent distribution, which ranks entries by how well
+    /// their intents agree rather than by an exact match of one label.
+    pub fn search_with(
+        &self,
+        text: &str,
+        embedding: Option<&[f32]>,
+        qi: QueryIntent<'_>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>> {
+        let intent = qi.label;
         let rows = &self.generation.rows;
+        // The message's distribution in the index's label order.
+        let query_probs: Option<Vec<f32>> = (!qi.probs.is_empty()
+            && !rows.intent_labels.is_empty())
+        .then(|| {
+            let at: HashMap<&str, f32> = qi.probs.iter().map(|(l, p)| (l.as_str(), *p)).collect();
+            rows.intent_labels
+                .iter()
+                .map(|l| at.get(l.as_str()).copied().unwrap_or(0.0))
+                .collect()
+        });
         if let Some(e) = embedding {
             if e.len() != rows.dim {
                 return Err(FaqError::Dimension {
@@ -424,24 +508,35 @@ impl FaqIndex {
         let emb = embedding.filter(|_| opts.rerank);
         // Exact cosine of the message with every live entry (its question or closest example),
         // when the index is small enough to scan.
-        let scanned: Option<Vec<f32>> = emb
+        let scanned: Option<Vec<Option<Closeness>>> = emb
             .filter(|_| opts.dense_candidates > 0)
             .zip(self.dense.as_ref())
             .map(|(q, d)| {
                 let mut dots = vec![0f32; d.owner.len()];
                 scan(&d.matrix, rows.dim, q, &mut dots);
-                let mut best = vec![f32::NEG_INFINITY; rows.len()];
-                for (&o, &c) in d.owner.iter().zip(&dots) {
-                    let b = &mut best[o as usize];
-                    *b = b.max(c);
+                let mut best: Vec<Option<Closeness>> = vec![None; rows.len()];
+                for ((&o, &c), &is_answer) in d.owner.iter().zip(&dots).zip(&d.answer) {
+                    let b = best[o as usize].get_or_insert(Closeness {
+                        question: f32::NEG_INFINITY,
+                        answer: None,
+                    });
+                    if is_answer {
+                        b.answer = Some(c);
+                    } else {
+                        b.question = b.question.max(c);
+                    }
                 }
                 best
             });
         if let Some(all) = &scanned {
-            let mut order: Vec<usize> = (0..all.len()).filter(|&r| all[r].is_finite()).collect();
+            let sem: Vec<f32> = all
+                .iter()
+                .map(|c| c.map_or(f32::NEG_INFINITY, |c| c.semantic(opts.answer_weight)))
+                .collect();
+            let mut order: Vec<usize> = (0..sem.len()).filter(|&r| sem[r].is_finite()).collect();
             let n = opts.dense_candidates.min(order.len());
             if n > 0 {
-                order.select_nth_unstable_by(n - 1, |&a, &b| all[b].total_cmp(&all[a]));
+                order.select_nth_unstable_by(n - 1, |&a, &b| sem[b].total_cmp(&sem[a]));
                 let have: BTreeSet<DocAddress> = raw.iter().map(|c| c.1).collect();
                 let intent_on = intent.filter(|_| opts.intent_mode != IntentMode::Off);
                 // A filter that found entries of the intent keeps to them.
@@ -473,21 +568,36 @@ impl FaqIndex {
             };
             let row = row as usize;
             let norm = if max_bm25 > 0.0 { bm25 / max_bm25 } else { 0.0 };
-            let cosine = emb.map(|q| match &scanned {
+            let close = emb.and_then(|q| match &scanned {
                 Some(all) => all[row],
-                None => self.row_cosine(q, row),
+                None => Some(self.row_closeness(q, row)),
             });
-            let base = match cosine {
-                Some(c) => opts.cosine_weight * c + (1.0 - opts.cosine_weight) * norm,
+            let base = match close {
+                Some(c) => {
+                    opts.cosine_weight * c.semantic(opts.answer_weight)
+                        + (1.0 - opts.cosine_weight) * norm
+                }
                 None => norm,
             };
+            let agreement = query_probs
+                .as_ref()
+                .zip(rows.intent_probs(row))
+                .map(|(q, e)| {
+                    q.iter()
+                        .zip(e)
+                        .map(|(a, b)| a * b.to_f32())
+                        .sum::<f32>()
+                        .clamp(0.0, 1.0)
+                });
+            let intent_score = agreement.unwrap_or(if intent_match { 1.0 } else { 0.0 });
             cands.push(Candidate {
                 addr,
                 row,
                 bm25,
                 intent_match,
-                cosine,
-                score: base + if intent_match { bonus } else { 0.0 },
+                intent_agreement: agreement,
+                cosine: close.map(|c| c.best()),
+                score: base + bonus * intent_score,
             });
         }
         if opts.fusion == Fusion::Rrf && emb.is_some() {
@@ -513,16 +623,19 @@ impl FaqIndex {
             .collect()
     }
 
-    /// Cosine of `q` with row `r`: its question's or its closest example phrasing's.
-    fn row_cosine(&self, q: &[f32], r: usize) -> f32 {
+    /// Closeness of `q` to row `r`: its question's or closest example phrasing's cosine, and
+    /// its answer's (the last of the row's other vectors).
+    fn row_closeness(&self, q: &[f32], r: usize) -> Closeness {
         let rows = &self.generation.rows;
-        let mut best = rows
+        let mut question = rows
             .embedding(r)
             .map_or(f32::NEG_INFINITY, |e| dot_f16(q, e));
-        for e in rows.examples(r).chunks_exact(rows.dim.max(1)) {
-            best = best.max(dot_f16(q, e));
+        let others: Vec<&[half::f16]> = rows.examples(r).chunks_exact(rows.dim.max(1)).collect();
+        let answer = others.last().map(|e| dot_f16(q, &e[..]));
+        for e in &others[..others.len().saturating_sub(1)] {
+            question = question.max(dot_f16(q, &e[..]));
         }
-        best
+        Closeness { question, answer }
     }
 
     fn hit(&self, c: Candidate, duplicates: usize) -> Result<Hit> {
@@ -543,6 +656,7 @@ impl FaqIndex {
                 bm25: c.bm25,
                 cosine: c.cosine,
                 intent_match: c.intent_match,
+                intent_agreement: c.intent_agreement,
                 score: c.score,
             },
             duplicates,

@@ -314,6 +314,14 @@ impl Nlu {
             .map_err(|_| NluError::WorkerGone)?
     }
 
+    /// `classify_embed` on the batch lane, for callers outside an async runtime (index
+    /// builds: embeddings and intents from one forward pass).
+    pub fn classify_embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        self.classify_cmd(texts, true, Lane::Batch)?
+            .blocking_recv()
+            .map_err(|_| NluError::WorkerGone)?
+    }
+
     /// `classify` for callers outside an async runtime (the CLI).
     pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
         self.classify_cmd(texts, false, Lane::Batch)?

@@ -63,7 +63,13 @@ pub struct SlotExtractor {
     phone: Regex,
     amount: Regex,
     id: Regex,
+    /// Letters and digits mixed (A1B2C3D4): an id when written in capitals or after an order cue.
+    code: Regex,
     invoice_cue: Regex,
+    order_cue: Regex,
+    phone_cue: Regex,
+    /// The shop's own order-number format (profile `[orders] number_pattern`), tried first.
+    shop_order: Option<Regex>,
     products: Option<(AhoCorasick, Vec<String>)>,
 }
 
@@ -133,8 +139,45 @@ impl SlotExtractor {
             // An id is a token with at least four digits, optionally with a letter prefix, dashes
             // and a leading '#': 4451-23, ORD-20931, #00108, 113542617735902.
             id: re(r"(?i)#?\b[a-z]{0,4}-?\d[\d-]{2,}\d[a-z0-9]*\b|#\d{3,}\b"),
+            code: re(r"\b[A-Za-z0-9]{6,16}\b"),
             invoice_cue: re(r"(?i)\b(invoice|bill|receipt)s?\b"),
+            order_cue: re(
+                r"(?i)\b(orders?|number|no|id|ref|reference|purchase|package|parcel|tracking|it's)\b|#",
+            ),
+            phone_cue: re(
+                r"(?i)\b(phone|call|calling|mobile|cell|tel|telephone|whats\s?app|text|sms|reach)\b",
+            ),
+            shop_order: None,
             products,
+        }
+    }
+
+    /// Adds the shop's own order-number format, e.g. `JP-\d{5}` (matched case-insensitively on
+    /// word boundaries, before any other kind). An invalid pattern is an error for the caller
+    /// to show, not a silent fallback.
+    pub fn with_order_pattern(mut self, pattern: &str) -> Result<Self, regex::Error> {
+        self.shop_order = Some(Regex::new(&format!(r"(?i)(?:^|\b|#)(?:{pattern})\b"))?);
+        Ok(self)
+    }
+
+    /// The text of up to `words` words before byte `at`.
+    fn before(text: &str, at: usize, words: usize) -> &str {
+        let before = &text[..at];
+        let start = before
+            .char_indices()
+            .rev()
+            .filter(|(_, c)| c.is_whitespace())
+            .nth(words)
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        &before[start..]
+    }
+
+    fn id_kind(&self, text: &str, at: usize) -> SlotKind {
+        if self.invoice_cue.is_match(Self::before(text, at, 4)) {
+            SlotKind::InvoiceNumber
+        } else {
+            SlotKind::OrderNumber
         }
     }
 
@@ -170,7 +213,26 @@ impl SlotExtractor {
         let free = |taken: &[(usize, usize)], s: usize, e: usize| {
             taken.iter().all(|&(a, b)| e <= a || s >= b)
         };
+        if let Some(shop) = &self.shop_order {
+            for m in shop.find_iter(text) {
+                let v = m.as_str().trim_start();
+                let start = m.end() - v.len();
+                if v.is_empty() {
+                    continue;
+                }
+                taken.push((start, m.end()));
+                out.push(slot(
+                    self.id_kind(text, start),
+                    v.to_string(),
+                    start,
+                    m.end(),
+                ));
+            }
+        }
         for m in self.email.find_iter(text) {
+            if !free(&taken, m.start(), m.end()) {
+                continue;
+            }
             taken.push((m.start(), m.end()));
             out.push(slot(
                 SlotKind::Email,
@@ -195,8 +257,15 @@ impl SlotExtractor {
             }
         }
         for m in self.phone.find_iter(text) {
-            let digits = m.as_str().chars().filter(char::is_ascii_digit).count();
-            if (7..=15).contains(&digits) && free(&taken, m.start(), m.end()) {
+            let s = m.as_str();
+            let digits = s.chars().filter(char::is_ascii_digit).count();
+            // Shops write order numbers like 4471-209 too: a short number is a phone only when
+            // it looks like one (a country code, an area code in brackets) or is said to be one.
+            let looks = digits >= 10
+                || s.trim_start().starts_with('+')
+                || s.contains('(')
+                || self.phone_cue.is_match(Self::before(text, m.start(), 5));
+            if (7..=15).contains(&digits) && looks && free(&taken, m.start(), m.end()) {
                 taken.push((m.start(), m.end()));
                 out.push(slot(
                     SlotKind::Phone,
@@ -231,21 +300,28 @@ impl SlotExtractor {
             if bare && digits < 5 {
                 continue;
             }
-            let before = &text[..m.start()];
-            let window_start = before
-                .char_indices()
-                .rev()
-                .filter(|(_, c)| c.is_whitespace())
-                .nth(4)
-                .map(|(i, _)| i)
-                .unwrap_or(0);
-            let kind = if self.invoice_cue.is_match(&before[window_start..]) {
-                SlotKind::InvoiceNumber
-            } else {
-                SlotKind::OrderNumber
-            };
+            let kind = self.id_kind(text, m.start());
             taken.push((m.start(), m.end()));
             out.push(slot(kind, s.to_string(), m.start(), m.end()));
+        }
+        for m in self.code.find_iter(text) {
+            let s = m.as_str();
+            let digits = s.chars().filter(char::is_ascii_digit).count();
+            let letters = s.chars().filter(char::is_ascii_alphabetic).count();
+            if digits < 2 || letters < 2 || !free(&taken, m.start(), m.end()) {
+                continue;
+            }
+            // "A1B2C3D4" as typed, or "order a1b2c3d4"; not "mp3" or "covid19".
+            let capitals = !s.chars().any(|c| c.is_ascii_lowercase());
+            if capitals || self.order_cue.is_match(Self::before(text, m.start(), 3)) {
+                taken.push((m.start(), m.end()));
+                out.push(slot(
+                    self.id_kind(text, m.start()),
+                    s.to_string(),
+                    m.start(),
+                    m.end(),
+                ));
+            }
         }
         if let Some((ac, ids)) = &self.products {
             for m in ac.find_iter(text) {
@@ -342,6 +418,54 @@ mod tests {
         );
         // Years and small counts are not ids.
         assert!(kinds(&x, "I bought 2 shirts in 2024").is_empty());
+    }
+
+    #[test]
+    fn order_numbers_in_shop_formats_are_not_phones() {
+        let x = SlotExtractor::default();
+        for (text, want) in [
+            ("it's 4471-209", "4471-209"),
+            ("order #4471-882 never came", "#4471-882"),
+            ("my order A1B2C3D4", "A1B2C3D4"),
+            ("A1B2C3D4", "A1B2C3D4"),
+            ("order number is a1b2c3d4 pls", "a1b2c3d4"),
+            ("JP-20931 hasn't shipped", "JP-20931"),
+            ("where's 55120", "55120"),
+        ] {
+            assert_eq!(
+                kinds(&x, text),
+                vec![(SlotKind::OrderNumber, want.to_string())],
+                "{text}"
+            );
+        }
+        // Phones still are phones when they look or are said to be one.
+        for (text, want) in [
+            ("call me on 555-0142", "555-0142"),
+            ("my number is +44 7700 900 123", "+44 7700 900 123"),
+            ("reach me at (555) 014-2300", "(555) 014-2300"),
+            ("my mobile is 555 014 2300", "555 014 2300"),
+        ] {
+            assert_eq!(
+                kinds(&x, text),
+                vec![(SlotKind::Phone, want.to_string())],
+                "{text}"
+            );
+        }
+        // Words with a digit or two are not ids.
+        assert!(kinds(&x, "my mp3 player and the covid19 rules").is_empty());
+        assert!(kinds(&x, "size m2 or 3xl").is_empty());
+    }
+
+    #[test]
+    fn the_shops_own_order_format_comes_first() {
+        let x = SlotExtractor::default()
+            .with_order_pattern(r"JP\d{6}")
+            .expect("pattern");
+        assert_eq!(
+            kinds(&x, "hi, jp204931 is late"),
+            vec![(SlotKind::OrderNumber, "jp204931".into())]
+        );
+        assert!(SlotExtractor::default().with_order_pattern("(").is_err());
     }
 
     #[test]

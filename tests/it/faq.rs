@@ -402,6 +402,141 @@ fn dense_candidates_and_the_answer_gate() {
     assert!(!faq::confident(&hits, &opts), "{hits:?}");
 }
 
+/// `TableEmbedder` plus an intent head: listed texts get the given intent distribution.
+struct IntentTable(TableEmbedder, Vec<String>, Vec<(&'static str, Vec<f32>)>);
+
+impl Embedder for IntentTable {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn weights_sha256(&self) -> &str {
+        self.0.weights_sha256()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, faq::FaqError> {
+        self.0.embed(texts)
+    }
+    fn embed_with_intents(
+        &mut self,
+        texts: &[&str],
+    ) -> Result<(Vec<Vec<f32>>, Option<faq::index::IntentDistributions>), faq::FaqError> {
+        let n = self.1.len();
+        let probs = texts
+            .iter()
+            .map(|t| match self.2.iter().find(|(k, _)| k == t) {
+                Some((_, p)) => p.clone(),
+                None => vec![1.0 / n as f32; n],
+            })
+            .collect();
+        Ok((
+            self.0.embed(texts)?,
+            Some(faq::index::IntentDistributions {
+                labels: self.1.clone(),
+                probs,
+            }),
+        ))
+    }
+}
+
+/// Two entries equally close to a message, in a FAQ without an intent column: the one whose
+/// intent (from the head, stored at build time) agrees with the message's wins, both ways;
+/// `add` maps a head with its labels in another order by name.
+#[test]
+fn intent_agreement_ranks_entries_without_an_intent_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut order = entry(
+        "order",
+        "Where is my order?",
+        "Track it in your account.",
+        "x",
+    );
+    order.intent = None;
+    let mut refund = entry(
+        "refund",
+        "Where is my refund?",
+        "Refunds take five days.",
+        "x",
+    );
+    refund.intent = None;
+    let table = vec![
+        ("Where is my order?", vec![(0, 1.0)]),
+        ("Where is my refund?", vec![(1, 1.0)]),
+        ("Is my parcel late?", vec![(2, 1.0)]),
+        ("where is it", vec![(0, 1.0), (1, 1.0)]),
+    ];
+    let labels = vec!["track_order".to_string(), "track_refund".to_string()];
+    let mut emb = IntentTable(
+        TableEmbedder(table.clone()),
+        labels,
+        vec![
+            ("Where is my order?", vec![0.9, 0.1]),
+            ("Where is my refund?", vec![0.1, 0.9]),
+        ],
+    );
+    faq::index::build(dir.path(), vec![order, refund], vec![info()], &mut emb).expect("build");
+    let q = TableEmbedder(table.clone())
+        .embed(&["where is it"])
+        .expect("embed");
+    let top = |probs: &[(String, f32)]| {
+        let idx = faq::open(dir.path(), None).expect("open");
+        let qi = faq::QueryIntent { label: None, probs };
+        let hits = idx
+            .search_with("where is it", Some(&q[0]), qi, &SearchOptions::default())
+            .expect("search");
+        assert!(hits[0].scores.intent_agreement.is_some(), "{hits:?}");
+        hits[0].id.clone()
+    };
+    let p = |a: f32, b: f32| {
+        vec![
+            ("track_order".to_string(), a),
+            ("track_refund".to_string(), b),
+        ]
+    };
+    assert_eq!(top(&p(0.8, 0.2)), "order");
+    assert_eq!(top(&p(0.2, 0.8)), "refund");
+    // Without a distribution the two tie: the earlier row wins, as before.
+    let idx = faq::open(dir.path(), None).expect("open");
+    let hits = idx
+        .search("where is it", Some(&q[0]), None, &SearchOptions::default())
+        .expect("search");
+    assert_eq!(hits[0].id, "order", "{hits:?}");
+    assert!(hits[0].scores.intent_agreement.is_none());
+    // An added entry, its head's labels in the other order.
+    let mut late = entry("late", "Is my parcel late?", "Parcels take five days.", "x");
+    late.intent = None;
+    let mut emb2 = IntentTable(
+        TableEmbedder(table.clone()),
+        vec!["track_refund".to_string(), "track_order".to_string()],
+        vec![("Is my parcel late?", vec![0.0, 1.0])],
+    );
+    faq::index::add(dir.path(), vec![late], info(), &mut emb2).expect("add");
+    let idx = faq::open(dir.path(), None).expect("open");
+    let q2 = TableEmbedder(table)
+        .embed(&["Is my parcel late?"])
+        .expect("embed");
+    let probs = p(1.0, 0.0);
+    let qi = faq::QueryIntent {
+        label: None,
+        probs: &probs,
+    };
+    let hits = idx
+        .search_with(
+            "Is my parcel late?",
+            Some(&q2[0]),
+            qi,
+            &SearchOptions::default(),
+        )
+        .expect("search");
+    assert_eq!(hits[0].id, "late", "{hits:?}");
+    let agree = hits[0].scores.intent_agreement.expect("agreement");
+    assert!(
+        (agree - 1.0).abs() < 1e-3,
+        "track_order maps by name: {agree}"
+    );
+}
+
 /// The demo shop's FAQ through the binary: build, stats, add, ask with a slot in the question.
 #[test]
 fn demo_faq_build_stats_add_ask() {
