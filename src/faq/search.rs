@@ -630,10 +630,11 @@ impl FaqIndex {
         let mut question = rows
             .embedding(r)
             .map_or(f32::NEG_INFINITY, |e| dot_f16(q, e));
-        let others: Vec<&[half::f16]> = rows.examples(r).chunks_exact(rows.dim.max(1)).collect();
-        let answer = others.last().map(|e| dot_f16(q, &e[..]));
-        for e in &others[..others.len().saturating_sub(1)] {
-            question = question.max(dot_f16(q, &e[..]));
+        // The examples, then the answer (the last of the row's other vectors).
+        let mut others = rows.examples(r).chunks_exact(rows.dim.max(1));
+        let answer = others.next_back().map(|e| dot_f16(q, e));
+        for e in others {
+            question = question.max(dot_f16(q, e));
         }
         Closeness { question, answer }
     }
