@@ -3,6 +3,7 @@
 //! One folder per capability; the binary (`src/main.rs`, `src/cli/`) maps commands onto them.
 
 pub mod blocking;
+pub mod canned;
 pub mod config;
 pub mod conversation;
 pub mod dialogue;

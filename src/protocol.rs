@@ -19,6 +19,10 @@ pub enum ClientFrame {
         #[serde(default)]
         id: Option<String>,
         text: String,
+        /// The catalog product whose page the shopper is asking from ("Ask about this
+        /// product"): "is it in stock?" is about it.
+        #[serde(default)]
+        product: Option<String>,
     },
     Feedback {
         message_id: String,
@@ -50,6 +54,9 @@ pub struct ProductOut {
     pub currency: Option<String>,
     pub url: Option<String>,
     pub image: Option<String>,
+    pub category: Option<String>,
+    /// False for a sold-out product a reply talks about (recommendations are in stock).
+    pub in_stock: bool,
     pub score: f32,
 }
 
@@ -92,6 +99,14 @@ pub enum ServerFrame {
         products: Vec<ProductOut>,
         quick_replies: Vec<String>,
         escalated: bool,
+        /// What the reply came from: `faq:<id>`, `intent:<name>`, `ask:<slot>`,
+        /// `product:ask|find|goes_with`, `small_talk:<kind>`, `clarify`, `rephrase`,
+        /// `escalation`, `recommend`.
+        source: String,
+        /// The slot the reply asks the shopper for (`order_number`), if any: a widget can hint
+        /// at its format.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        asks_for: Option<String>,
     },
     /// The shopper's message is stored; no bot reply follows (an agent has the conversation).
     Ack {
@@ -193,7 +208,8 @@ mod tests {
             parse(r#"{"type":"message","id":"c1","text":"hi"}"#),
             Ok(ClientFrame::Message {
                 id: Some("c1".into()),
-                text: "hi".into()
+                text: "hi".into(),
+                product: None,
             })
         );
         assert!(matches!(

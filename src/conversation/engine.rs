@@ -13,12 +13,13 @@ use crate::dialogue::{
 use crate::faq::{self, FaqIndex, Filled, Filler, QueryIntent, SearchOptions};
 use crate::nlu::slots::{SlotExtractor, SlotKind};
 use crate::nlu::{Classification, Nlu, NluConfig};
-use crate::recommend::{Filters, Recommendation, Recommender};
+use crate::recommend::shopping::{Cues, ProductContext, ProductIndex};
+use crate::recommend::{Catalog, Filters, Product, Recommendation, Recommender};
 
 use super::{intent_label, Brain};
 use crate::nlu::NluError;
 use crate::protocol::{Label, ProductOut};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::future::BoxFuture;
 
 /// Why the engine could not load: what, and how to fix it.
@@ -51,12 +52,71 @@ pub struct Engine {
     pub policy: Policy,
     pub slots: SlotExtractor,
     pub recommender: Option<Recommender>,
+    /// The recommender's catalog indexed for product questions (rebuilt on reload).
+    pub shop: ArcSwapOption<Shop>,
+    cues: Option<Cues>,
     pub search: SearchOptions,
     /// An out-of-scope message whose nearest FAQ question is at least this similar (cosine)
     /// takes that entry's intent: the shop's own FAQ knows its shoppers' phrasing ("Where is
     /// my order?") better than a head trained on another corpus.
     pub faq_intent_min_cosine: f32,
     pub locale: String,
+}
+
+/// The catalog as product questions see it, with each product's popularity (0..1) to break
+/// ties between equally good matches.
+pub struct Shop {
+    pub index: ProductIndex,
+    pub prior: std::collections::HashMap<String, f32>,
+}
+
+impl Shop {
+    /// Indexes `catalog`, embedding each product's title and description with the NLU's encoder
+    /// (blocking; the batch lane). Without embeddings, occasion words are not matched but
+    /// everything else works.
+    pub fn build(nlu: &Nlu, catalog: &Catalog, cues: Cues, popularity: &[(String, f32)]) -> Shop {
+        let texts = ProductIndex::texts(catalog);
+        let vectors = match nlu.embed_blocking(texts) {
+            Ok(v) => {
+                let d = v.first().map_or(0, Vec::len);
+                let mut flat = Vec::with_capacity(v.len() * d);
+                for row in v {
+                    let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    flat.extend(row.iter().map(|x| x / n));
+                }
+                Some((flat, d))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot embed the catalog ({e}): product requests ignore occasion words"
+                );
+                None
+            }
+        };
+        let top = popularity
+            .iter()
+            .map(|p| p.1)
+            .fold(0f32, f32::max)
+            .max(1e-6);
+        Shop {
+            index: ProductIndex::new(catalog, cues, vectors),
+            prior: popularity
+                .iter()
+                .map(|(id, s)| (id.clone(), s / top))
+                .collect(),
+        }
+    }
+}
+
+fn build_shop(nlu: &Nlu, rec: &Recommender, cues: &Cues) -> Shop {
+    let model = rec.model();
+    let catalog = model.catalog();
+    let pop: Vec<(String, f32)> = model
+        .popular(model.num_items(), &Filters::default(), &[])
+        .into_iter()
+        .map(|r| (r.item, r.score))
+        .collect();
+    Shop::build(nlu, &catalog, cues.clone(), &pop)
 }
 
 /// What a reload did: FAQ entries now served, whether a recommender was reloaded; or why not.
@@ -127,6 +187,13 @@ impl Engine {
             );
             None
         };
+        let cues = Cues::load(&cfg.prompts_dir, &cfg.locale).map_err(|reason| LoadError {
+            what: "product cues",
+            reason,
+        })?;
+        let shop = recommender
+            .as_ref()
+            .map(|r| Arc::new(build_shop(&nlu, r, &cues)));
         let mut slots = match &recommender {
             Some(r) => SlotExtractor::new(&r.model().catalog().product_names()),
             None => SlotExtractor::default(),
@@ -146,6 +213,8 @@ impl Engine {
             policy,
             slots,
             recommender,
+            shop: ArcSwapOption::new(shop),
+            cues: Some(cues),
             search: SearchOptions::default(),
             faq_intent_min_cosine: 0.6,
             locale: cfg.locale.clone(),
@@ -168,6 +237,10 @@ impl Engine {
             Some(r) => r.reload().map(|_| true).map_err(|e| e.to_string()),
             None => Ok(false),
         };
+        if let (Some(r), Some(cues), Ok(true)) = (&self.recommender, &self.cues, &recommender) {
+            self.shop
+                .store(Some(Arc::new(build_shop(&self.nlu, r, cues))));
+        }
         let report = ReloadReport { faq, recommender };
         tracing::info!(?report, "reloaded");
         report
@@ -181,27 +254,71 @@ impl Engine {
         cls: &Classification,
         customer_id: Option<&str>,
     ) -> TurnResult {
-        let intent = cls.intent.as_ref().filter(|p| !p.out_of_scope);
+        // A follow-up ("and canada?") is understood together with the conversation's topic:
+        // intent and FAQ from the two read as one; sentiment and slots from the message alone.
+        let follow = self
+            .policy
+            .follow_up(state, text)
+            .then(|| format!("{} {text}", state.topic.as_deref().unwrap_or_default()));
+        let with_topic = follow.as_ref().and_then(|q| {
+            match self.nlu.classify_embed_chat_blocking(vec![q.clone()]) {
+                Ok(mut v) if !v.is_empty() => Some(v.swap_remove(0)),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!("follow-up not read with its topic: {e}");
+                    None
+                }
+            }
+        });
+        let own = cls;
+        let cls = with_topic.as_ref().unwrap_or(own);
+        let intent = cls
+            .intent
+            .as_ref()
+            .filter(|p| !p.out_of_scope)
+            .or_else(|| own.intent.as_ref().filter(|p| !p.out_of_scope));
         let mut u = Understanding {
             text: text.to_string(),
             intent: intent.map(|p| p.label.clone()),
             intent_confidence: cls.intent.as_ref().map_or(0.0, |p| p.confidence),
-            sentiment: cls.sentiment.as_ref().map(|p| p.label.clone()),
-            sentiment_score: cls.sentiment.as_ref().map_or(0.0, |p| p.confidence),
-            anger: crate::nlu::anger::anger(text, super::negativity(cls).unwrap_or(0.0)),
+            sentiment: own.sentiment.as_ref().map(|p| p.label.clone()),
+            sentiment_score: own.sentiment.as_ref().map_or(0.0, |p| p.confidence),
+            anger: crate::nlu::anger::anger(text, super::negativity(own).unwrap_or(0.0)),
             slots: self
                 .slots
                 .extract(text)
                 .into_iter()
                 .filter(|s| s.kind != SlotKind::CardNumber)
                 .collect(),
+            product: None,
+            query: with_topic.as_ref().and(follow.clone()),
         };
-        let mut label = intent_label(cls).map(|mut l| {
+        if let Some(shop) = self.shop.load_full() {
+            let ctx = ProductContext {
+                mentioned: &state.products_mentioned,
+                last_aspects: &state.product_aspects,
+                last_request: state.last_request.as_ref(),
+                prior: Some(&shop.prior),
+            };
+            u.product = shop.index.understand(
+                text,
+                own.embedding.as_deref(),
+                &ctx,
+                self.policy.config.products.count,
+            );
+        }
+        let read = if cls.intent.as_ref().is_some_and(|p| !p.out_of_scope) {
+            cls
+        } else {
+            own
+        };
+        let mut label = intent_label(read).map(|mut l| {
             l.source = "nlu".into();
             l
         });
         if u.intent.is_none() {
-            if let Some((name, cosine)) = self.faq_intent(text, cls.embedding.as_deref()) {
+            let q = u.query.clone().unwrap_or_else(|| text.to_string());
+            if let Some((name, cosine)) = self.faq_intent(&q, cls.embedding.as_deref()) {
                 u.intent = Some(name.clone());
                 u.intent_confidence = cosine;
                 label = Some(Label {
@@ -269,6 +386,13 @@ impl Engine {
         };
         let items = match req {
             ProductRequest::None => return Vec::new(),
+            ProductRequest::Items(ids) => {
+                let shop = self.shop.load_full();
+                return ids
+                    .iter()
+                    .filter_map(|id| shop.as_ref()?.index.product(id).map(catalog_out))
+                    .collect();
+            }
             ProductRequest::Popular => model.popular(k, &filters, &[]),
             ProductRequest::ForShopper(mentioned) => {
                 let session: Vec<(&str, f32)> =
@@ -291,7 +415,24 @@ pub fn product_out(r: &Recommendation) -> ProductOut {
         currency: p.and_then(|p| p.currency.clone()),
         url: p.and_then(|p| p.url.clone()),
         image: p.and_then(|p| p.image.clone()),
+        category: p.and_then(|p| p.category.clone()),
+        in_stock: p.is_none_or(|p| p.in_stock),
         score: r.score,
+    }
+}
+
+/// A catalog product named in an answer (not ranked: score 0).
+fn catalog_out(p: &Product) -> ProductOut {
+    ProductOut {
+        id: p.id.clone(),
+        title: p.title.clone(),
+        price: p.price,
+        currency: p.currency.clone(),
+        url: p.url.clone(),
+        image: p.image.clone(),
+        category: p.category.clone(),
+        in_stock: p.in_stock,
+        score: 0.0,
     }
 }
 
@@ -354,6 +495,22 @@ impl Knowledge for TurnKnowledge<'_> {
             id: h.id,
             template: h.answer,
             intent: h.intent,
+        })
+    }
+    fn entry(&self, id: &str) -> Option<KnownAnswer> {
+        let hit = match self.engine.faq.load().entry(id) {
+            Ok(h) => h?,
+            Err(e) => {
+                tracing::warn!("FAQ entry {id}: {e}");
+                return None;
+            }
+        };
+        Some(KnownAnswer {
+            id: hit.id,
+            template: hit.answer,
+            trusted: true,
+            intent: hit.intent,
+            alternatives: Vec::new(),
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::protocol::ServerFrame;
-use crate::store::{Escalation, Message};
+use crate::store::{Escalation, Message, Note};
 
 pub struct Conversation {
     /// Held while a turn or an agent action reads and writes this conversation.
@@ -37,6 +37,11 @@ pub enum AgentEvent {
     Message {
         escalation_id: String,
         message: Message,
+    },
+    /// An agent's internal note: to the agents' stream only, never to a shopper's socket.
+    Note {
+        escalation_id: String,
+        note: Note,
     },
 }
 

@@ -1,5 +1,5 @@
 //! `conversation` runs a shopper turn and every agent action top to bottom, each as one
-//! transaction: open (resume or start), turn, feedback, claim, agent reply, resolve.
+//! transaction: open (resume or start), turn, feedback, claim, agent reply, resolve, note.
 //!
 //! The order of a turn, in one place:
 //! 1. NLU of the message on the NLU worker's chat lane (outside any lock: it is the slow part);
@@ -34,7 +34,7 @@ use crate::nlu::{Classification, NluError};
 use crate::protocol::{Label, SentimentOut, ServerFrame};
 use crate::store::{
     self, Conversation, ConversationStatus, Escalation, EscalationStatus, Message, NewMessage,
-    Role, Store, StoreError, TurnWrite,
+    Note, Role, Store, StoreError, TurnWrite,
 };
 
 /// Why a conversation action failed. `server::error` maps each kind to an HTTP status and a
@@ -141,6 +141,7 @@ pub fn reason_name(r: EscalationReason) -> &'static str {
         EscalationReason::Complaint => "complaint",
         EscalationReason::LowConfidence => "low_confidence",
         EscalationReason::Unhelpful => "unhelpful",
+        EscalationReason::Unresolved => "unresolved",
     }
 }
 
@@ -165,6 +166,20 @@ pub fn negativity(cls: &Classification) -> Option<f32> {
         .find(|(l, _)| l == "negative")
         .map(|(_, p)| *p)
         .or_else(|| (s.label == "negative").then_some(s.confidence))
+}
+
+/// How negative an escalated conversation is, 0..1, for the agents' queue: the highest of the
+/// escalation's recorded P(negative) and each shopper message's P(negative). A message stores
+/// its winning label and that label's confidence (not P(negative)), so only a message labelled
+/// negative says how negative it is; a "positive 0.9" is not 0.9 angry. The queue shows and
+/// sorts by this one number, so "most negative first" and the badge agree.
+pub fn queue_negativity(e: &Escalation, shopper: &[Message]) -> Option<f32> {
+    shopper
+        .iter()
+        .filter(|m| m.sentiment.as_deref() == Some("negative"))
+        .filter_map(|m| m.sentiment_score)
+        .chain(e.sentiment_score)
+        .reduce(f32::max)
 }
 
 pub fn intent_label(cls: &Classification) -> Option<Label> {
@@ -305,6 +320,21 @@ impl Service {
         client_id: Option<String>,
         text: String,
     ) -> Result<TurnOutcome> {
+        self.turn_on_page(brain, conversation_id, customer_id, client_id, text, None)
+            .await
+    }
+
+    /// [`Service::turn`] for a message sent from a product's page: the product joins the
+    /// conversation's mentioned products (most recent), so "is it in stock?" is about it.
+    pub async fn turn_on_page(
+        &self,
+        brain: &Arc<dyn Brain>,
+        conversation_id: &str,
+        customer_id: Option<&str>,
+        client_id: Option<String>,
+        text: String,
+        page_product: Option<String>,
+    ) -> Result<TurnOutcome> {
         let t0 = Instant::now();
         tracing::debug!(text = %brain.redact_for_log(&text), "shopper message");
         let cls = match brain.understand(text.clone()).await {
@@ -334,6 +364,13 @@ impl Service {
             let customer = customer_id.map(String::from);
             let cls = cls.clone();
             let mut st = parse_state(&conv.state);
+            if let Some(p) = page_product.filter(|p| !p.is_empty() && p.len() <= 128) {
+                // The page counts only when the shopper has not named another product since
+                // opening the chat on it.
+                if !st.products_mentioned.contains(&p) {
+                    st.products_mentioned.push(p);
+                }
+            }
             crate::blocking::spawn(move || {
                 // Card numbers are never kept: not in the transcript, not in the slots.
                 let stored = brain.redact_for_storage(&text);
@@ -430,6 +467,8 @@ impl Service {
                 products: result.products,
                 quick_replies: d.quick_replies.clone(),
                 escalated: state.status == Status::Waiting || state.status == Status::Claimed,
+                source: d.source.clone(),
+                asks_for: d.asks_for.clone(),
             },
         };
         Ok(TurnOutcome {
@@ -507,6 +546,8 @@ impl Service {
                 products: Vec::new(),
                 quick_replies: Vec::new(),
                 escalated: true,
+                source: "escalation".into(),
+                asks_for: None,
             },
             reason,
         )))
@@ -652,7 +693,37 @@ impl Service {
         });
         Ok(m)
     }
+
+    /// An agent's internal note on an escalation's conversation (any agent, any status: notes
+    /// are for the team, also after the chat is resolved). Stored in one transaction and
+    /// published to the agents' live stream only: the shopper's socket never gets a note.
+    pub async fn add_note(&self, escalation_id: &str, agent: &str, text: &str) -> Result<Note> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(ConversationError::BadRequest(
+                "a note needs some text".into(),
+            ));
+        }
+        if text.chars().count() > MAX_NOTE_CHARS {
+            return Err(ConversationError::BadRequest(format!(
+                "a note has at most {MAX_NOTE_CHARS} characters"
+            )));
+        }
+        let e = self.escalation(escalation_id).await?;
+        let mut w = self.store.begin_write().await?;
+        let r = store::add_note(w.conn(), &e.conversation_id, agent, text).await;
+        let note = w.finish(r).await?;
+        tracing::info!(escalation = %e.id, %agent, "note added");
+        self.live.agent_event(AgentEvent::Note {
+            escalation_id: e.id,
+            note: note.clone(),
+        });
+        Ok(note)
+    }
 }
+
+/// The longest internal note, in characters.
+pub const MAX_NOTE_CHARS: usize = 2_000;
 
 #[derive(Clone, Copy)]
 enum Transition {

@@ -111,6 +111,8 @@ impl Brain for FakeBrain {
             sentiment_score: cls.sentiment.as_ref().map_or(0.0, |p| p.confidence),
             anger: crate::nlu::anger::anger(text, super::negativity(cls).unwrap_or(0.0)),
             slots: crate::nlu::slots::SlotExtractor::default().extract(text),
+            product: None,
+            query: None,
         };
         let decision = self.policy.turn(state, &u, &NoFaq(&self.filler));
         TurnResult {
@@ -380,4 +382,100 @@ async fn unhelpful_feedback_escalates_in_one_transaction() {
         .await
         .expect_err("not this conversation");
     assert!(matches!(e, ConversationError::BadRequest(_)));
+}
+
+#[tokio::test]
+async fn notes_reach_agents_only_in_one_transaction() {
+    let (_d, svc, brain, _) = setup().await;
+    let mut agent_events = svc.live.agent_events();
+    let c = svc.open(None, Some("c11"), "en", 10).await.expect("open");
+    let id = c.conversation.id.clone();
+    let (_entry, mut frames) = svc.subscribe(&id);
+    svc.turn(
+        &brain,
+        &id,
+        None,
+        None,
+        "I want a person now, I am furious!!!".into(),
+    )
+    .await
+    .expect("turn");
+    let AgentEvent::Escalated { escalation } = agent_events.recv().await.expect("event") else {
+        panic!("expected an escalation event")
+    };
+    while frames.try_recv().is_ok() {}
+    // Bad notes are refused before anything is written.
+    let long = "x".repeat(MAX_NOTE_CHARS + 1);
+    for bad in ["", "   ", long.as_str()] {
+        assert!(matches!(
+            svc.add_note(&escalation.id, "alex", bad).await,
+            Err(ConversationError::BadRequest(_))
+        ));
+    }
+    assert!(matches!(
+        svc.add_note("nope", "alex", "hi").await,
+        Err(ConversationError::NotFound(_))
+    ));
+    let n = svc
+        .add_note(&escalation.id, "alex", "  refund approved  ")
+        .await
+        .expect("note");
+    assert_eq!(n.text, "refund approved");
+    assert_eq!(svc.store.notes(&id).await.expect("notes"), vec![n.clone()]);
+    let mut saw_note = false;
+    while let Ok(ev) = agent_events.try_recv() {
+        if let AgentEvent::Note {
+            note,
+            escalation_id,
+        } = ev
+        {
+            assert_eq!((note, escalation_id), (n.clone(), escalation.id.clone()));
+            saw_note = true;
+        }
+    }
+    assert!(saw_note, "agents get the note live");
+    assert!(
+        frames.try_recv().is_err(),
+        "the shopper's socket gets nothing"
+    );
+}
+
+#[test]
+fn queue_negativity_reads_negative_messages_and_the_escalation_only() {
+    let e = |score| Escalation {
+        id: "e".into(),
+        conversation_id: "c".into(),
+        reason: "asked_for_human".into(),
+        status: EscalationStatus::Open,
+        agent: None,
+        sentiment_score: score,
+        created_at: 0,
+        claimed_at: None,
+        resolved_at: None,
+    };
+    let m = |label: &str, score: f32| Message {
+        id: "m".into(),
+        conversation_id: "c".into(),
+        seq: 1,
+        role: Role::Shopper,
+        author: None,
+        client_id: None,
+        text: "x".into(),
+        intent: None,
+        intent_confidence: None,
+        sentiment: Some(label.into()),
+        sentiment_score: Some(score),
+        reply_to: None,
+        created_at: 0,
+    };
+    // A confident positive is not negativity (the stored score is the winning label's).
+    assert_eq!(queue_negativity(&e(None), &[m("positive", 0.97)]), None);
+    assert_eq!(
+        queue_negativity(&e(Some(0.2)), &[m("positive", 0.97), m("negative", 0.8)]),
+        Some(0.8)
+    );
+    assert_eq!(
+        queue_negativity(&e(Some(0.9)), &[m("negative", 0.6)]),
+        Some(0.9)
+    );
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faq::Filled;
 use crate::nlu::slots::{Slot, SlotKind};
+use crate::recommend::shopping::{Aspect, ProductFacts, ProductTurn, Request};
 
 /// Errors loading the dialogue configuration.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,10 @@ pub struct DialogueConfig {
     /// Intent → the slot it cannot be answered without.
     pub needs_slot: BTreeMap<String, String>,
     pub products: ProductRules,
+    /// Slot → the intent a message that gives only that slot is about, when the conversation
+    /// has no earlier topic (`order_number = "track_order"`).
+    #[serde(default)]
+    pub slot_intents: BTreeMap<String, String>,
 }
 
 /// `[dialogue]` of `prompts/<locale>.toml`: templates (placeholders allowed) and patterns.
@@ -94,9 +99,152 @@ pub struct DialogueTexts {
     /// lacks: never invent it, offer a person.
     #[serde(default = "default_unknown_fact")]
     pub unknown_fact: String,
+    /// Said instead of an answer the shopper already got in the last turn (`{answer}` is that
+    /// answer): the same paragraph word for word reads like a bot stuck in a loop.
+    #[serde(default = "default_repeated")]
+    pub repeated: String,
+    /// An upset shopper who gets the same answer this many more times in a row has a problem
+    /// the answer does not solve: a person is brought in. 0: never.
+    #[serde(default = "default_repeats_to_escalate")]
+    pub repeats_to_escalate: u32,
     /// Said before the answer when the shopper is upset (anger at least `negative_score`).
     #[serde(default = "default_empathy")]
     pub empathy: String,
+    /// Answers from the catalog.
+    #[serde(default)]
+    pub products: ProductSay,
+}
+
+/// `[dialogue.products]`: replies about products. `{title}`, `{price}`, `{sizes}`, `{size}`,
+/// `{colors}`, `{color}`, `{description}` and `{what}` are filled from the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProductSay {
+    pub in_stock: String,
+    pub sold_out: String,
+    pub price: String,
+    pub sizes: String,
+    pub size_yes: String,
+    pub size_no: String,
+    pub sizes_unknown: String,
+    pub colors: String,
+    pub color_yes: String,
+    pub color_no: String,
+    pub colors_unknown: String,
+    pub details: String,
+    pub alternatives: String,
+    pub found: String,
+    pub none_found: String,
+    pub goes_with: String,
+    pub none_found_quick_replies: Vec<String>,
+    /// Word joining the last two items of a list ("a, b and c").
+    pub and: String,
+}
+
+impl Default for ProductSay {
+    fn default() -> Self {
+        ProductSay {
+            in_stock: "Yes, the {title} is in stock ({price}).".into(),
+            sold_out: "Sorry, the {title} is sold out right now.".into(),
+            price: "The {title} is {price}.".into(),
+            sizes: "The {title} comes in sizes {sizes}.".into(),
+            size_yes: "Yes, the {title} comes in size {size}.".into(),
+            size_no: "Sorry, the {title} doesn't come in size {size}; its sizes are {sizes}."
+                .into(),
+            sizes_unknown: "The size guide on the {title}'s page has its sizes.".into(),
+            colors: "The {title} comes in {colors}.".into(),
+            color_yes: "Yes, the {title} comes in {color}.".into(),
+            color_no: "Sorry, the {title} doesn't come in {color}; it comes in {colors}.".into(),
+            colors_unknown: "The {title}'s page shows the colours it comes in.".into(),
+            details: "The {title}: {description}".into(),
+            alternatives: "These are similar and in stock:".into(),
+            found: "Here are some {what} you might like:".into(),
+            none_found: "Sorry, I couldn't find any {what} in stock right now.".into(),
+            goes_with: "These go well with the {title}:".into(),
+            none_found_quick_replies: vec!["Show me something nice".into()],
+            and: "and".into(),
+        }
+    }
+}
+
+impl ProductSay {
+    fn list(&self, items: &[String]) -> String {
+        match items {
+            [] => String::new(),
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} {} {last}", init.join(", "), self.and),
+        }
+    }
+
+    fn fill(&self, t: &str, p: &ProductFacts, size: Option<&str>, color: Option<&str>) -> String {
+        t.replace("{title}", &p.title)
+            .replace("{price}", p.price.as_deref().unwrap_or(""))
+            .replace("{sizes}", &self.list(&p.sizes))
+            .replace("{size}", size.unwrap_or(""))
+            .replace("{colors}", &self.list(&p.colors))
+            .replace("{color}", color.unwrap_or(""))
+            .replace("{description}", p.description.as_deref().unwrap_or(""))
+            .replace(" ()", "")
+    }
+
+    /// The answer to a question about one product, one sentence per aspect asked.
+    pub fn answer(
+        &self,
+        p: &ProductFacts,
+        aspects: &[Aspect],
+        size: Option<&str>,
+        color: Option<&str>,
+    ) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let has = |a: Aspect| aspects.contains(&a);
+        if has(Aspect::Details) && p.description.is_some() {
+            out.push(self.fill(&self.details, p, size, color));
+        }
+        // Stock is said whenever the product is sold out: a price alone would mislead.
+        if has(Aspect::Stock) || !p.in_stock || (has(Aspect::Details) && !has(Aspect::Price)) {
+            out.push(if p.in_stock {
+                self.fill(&self.in_stock, p, size, color)
+            } else {
+                self.fill(&self.sold_out, p, size, color)
+            });
+        }
+        let price_said = out
+            .iter()
+            .any(|s| p.price.as_ref().is_some_and(|x| s.contains(x)));
+        if has(Aspect::Price) && p.price.is_some() && !price_said {
+            out.push(self.fill(&self.price, p, size, color));
+        }
+        if has(Aspect::Sizes) {
+            let t = match size {
+                _ if p.sizes.is_empty() => &self.sizes_unknown,
+                Some(s) if p.sizes.iter().any(|x| x.eq_ignore_ascii_case(s)) => &self.size_yes,
+                Some(_) => &self.size_no,
+                None => &self.sizes,
+            };
+            out.push(self.fill(t, p, size, color));
+        }
+        if has(Aspect::Colors) {
+            let t = match color {
+                _ if p.colors.is_empty() => &self.colors_unknown,
+                Some(c) if p.colors.iter().any(|x| x.to_lowercase().contains(c)) => &self.color_yes,
+                Some(_) => &self.color_no,
+                None => &self.colors,
+            };
+            out.push(self.fill(t, p, size, color));
+        }
+        if out.is_empty() {
+            out.push(self.fill(&self.in_stock, p, size, color));
+        }
+        out.join(" ")
+    }
+}
+
+fn default_repeated() -> String {
+    "As I said, {answer} If that doesn't solve it, I can bring in a person from our team.".into()
+}
+
+fn default_repeats_to_escalate() -> u32 {
+    2
 }
 
 fn default_empathy() -> String {
@@ -143,6 +291,8 @@ pub enum EscalationReason {
     Complaint,
     LowConfidence,
     Unhelpful,
+    /// The same answer came back again and again: it does not solve the shopper's problem.
+    Unresolved,
 }
 
 /// A question the bot asked and is waiting on.
@@ -150,11 +300,15 @@ pub enum EscalationReason {
 pub struct Pending {
     pub intent: String,
     pub slot: String,
+    /// The FAQ entry whose answer asked for the slot: filled again once the shopper gives it.
+    #[serde(default)]
+    pub faq: Option<String>,
 }
 
 /// Everything the policy remembers between turns. Serializable: the server stores it with the
-/// conversation.
+/// conversation (fields added later default when an older state is read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct State {
     pub status: Status,
     pub slots: BTreeMap<String, String>,
@@ -166,6 +320,19 @@ pub struct State {
     pub products_mentioned: Vec<String>,
     pub turns: u32,
     pub escalation: Option<EscalationReason>,
+    /// What the last product question asked ("and the other one?" asks it again).
+    pub product_aspects: Vec<Aspect>,
+    /// The last request for products, while the conversation is on it.
+    pub last_request: Option<Request>,
+    /// The intent of the last answered question: a bare order number is about it.
+    pub last_intent: Option<String>,
+    /// The shopper's last question that was answered (not a follow-up): a short follow-up
+    /// ("and canada?") is understood together with it.
+    pub topic: Option<String>,
+    /// The last answer (FAQ or intent template, as sent) and how many turns in a row got it
+    /// again.
+    pub last_answer: Option<String>,
+    pub repeats: u32,
 }
 
 impl Default for State {
@@ -180,6 +347,12 @@ impl Default for State {
             products_mentioned: Vec::new(),
             turns: 0,
             escalation: None,
+            product_aspects: Vec::new(),
+            last_request: None,
+            last_intent: None,
+            topic: None,
+            last_answer: None,
+            repeats: 0,
         }
     }
 }
@@ -196,6 +369,11 @@ pub struct Understanding {
     /// 0..1: P(negative) weighted by how intensely the message is said (`nlu::anger`).
     pub anger: f32,
     pub slots: Vec<Slot>,
+    /// What the message asks about the catalog, if anything (`recommend::shopping`).
+    pub product: Option<ProductTurn>,
+    /// A follow-up ("and canada?") read together with the conversation's topic: what the FAQ
+    /// is searched with instead of `text`.
+    pub query: Option<String>,
 }
 
 /// An answer the FAQ found.
@@ -214,6 +392,10 @@ pub struct KnownAnswer {
 /// What the policy needs from the FAQ and the templates (a trait so tests can fake it).
 pub trait Knowledge {
     fn answer(&self, text: &str, intent: Option<&str>) -> Option<KnownAnswer>;
+    /// The FAQ entry with this id, as a trusted answer (none by default: fakes without ids).
+    fn entry(&self, _id: &str) -> Option<KnownAnswer> {
+        None
+    }
     fn intent_template(&self, intent: &str) -> Option<String>;
     fn ask_for(&self, slot: &str) -> Option<String>;
     fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled;
@@ -228,6 +410,8 @@ pub enum ProductRequest {
     ForShopper(Vec<String>),
     /// Popular items (anonymous greeting).
     Popular,
+    /// Exactly these products, in this order (answers from the catalog).
+    Items(Vec<String>),
 }
 
 /// The outcome of one turn.
@@ -244,6 +428,8 @@ pub struct Decision {
     pub products: ProductRequest,
     /// Set on the turn that escalated.
     pub escalated: Option<EscalationReason>,
+    /// The slot the reply asks the shopper for.
+    pub asks_for: Option<String>,
 }
 
 /// The policy: rules, texts and compiled patterns. Build once, share.
@@ -314,6 +500,14 @@ impl Policy {
         })
     }
 
+    /// A short message that continues the conversation's topic ("and canada?", "how long
+    /// will it take?"): the `follow_up` pattern, at most ten words.
+    pub fn follow_up(&self, st: &State, text: &str) -> bool {
+        st.topic.is_some()
+            && text.split_whitespace().count() <= 10
+            && self.matches("follow_up", text)
+    }
+
     fn matches(&self, kind: &str, text: &str) -> bool {
         self.patterns.get(kind).is_some_and(|re| re.is_match(text))
     }
@@ -338,6 +532,7 @@ impl Policy {
             quick_replies: Vec::new(),
             products: ProductRequest::None,
             escalated: None,
+            asks_for: None,
         };
         if matches!(st.status, Status::Claimed) {
             return d;
@@ -350,9 +545,14 @@ impl Policy {
             st.low_confidence_streak = 0;
             st.unhelpful = 0;
         }
+        // Repeats count only in a row: any other kind of turn in between starts afresh.
+        let prev_answer = st.last_answer.take();
         let rules = &self.config.escalation;
         // Anger, not the label: a calm "it's late" is negative too, and should not escalate.
-        let negative = u.anger >= rules.negative_score;
+        // A product question said calmly is not a complaint: the sentiment head reads some
+        // plain product questions ("how much is the trench coat") as negative.
+        let calm_product = u.product.is_some() && u.anger < 0.5;
+        let negative = u.anger >= rules.negative_score && !calm_product;
         let furious = u.anger >= rules.angry_score;
         st.negative_streak = if negative { st.negative_streak + 1 } else { 0 };
         let intent = u.intent.as_deref();
@@ -365,14 +565,15 @@ impl Policy {
             .as_ref()
             .is_some_and(|p| u.slots.iter().any(|s| s.kind.name() == p.slot));
         let answer = if small_talk.is_none() {
-            k.answer(&u.text, intent)
+            k.answer(u.query.as_deref().unwrap_or(&u.text), intent)
         } else {
             None
         };
         let understood = intent.is_some()
             || small_talk.is_some()
             || slot_answer
-            || answer.as_ref().is_some_and(|a| a.trusted);
+            || answer.as_ref().is_some_and(|a| a.trusted)
+            || u.product.is_some();
         st.low_confidence_streak = if understood {
             0
         } else {
@@ -432,51 +633,130 @@ impl Policy {
             return self.waiting_note(st, d, k);
         }
 
-        // A pending question answered: resume its intent unless the shopper moved on.
+        // A question about a product, or a request for products, answered from the catalog;
+        // a request made only by naming a kind of product ("a dress for a wedding") when
+        // nothing else understood the message.
+        if let Some(pt) = u.product.as_ref().filter(|_| !slot_answer) {
+            let other = intent
+                .is_some_and(|i| !self.config.products.intents.iter().any(|x| x == i))
+                || answer.as_ref().is_some_and(|a| a.trusted);
+            let take = match pt {
+                ProductTurn::Find { explicit, .. } => *explicit || !other,
+                _ => true,
+            };
+            if take {
+                st.low_confidence_streak = 0;
+                let d = self.product_reply(st, pt, d);
+                let d = self.empathise(negative, d, k, st);
+                return self.waiting_note(st, d, k);
+            }
+        }
+
+        // Not about products: follow-ups no longer refer to the last product question.
+        st.product_aspects.clear();
+        st.last_request = None;
+
+        // A pending question answered: resume its intent (and the FAQ entry that asked)
+        // unless the shopper moved on.
         let mut intent = intent.map(String::from);
+        let mut resumed_entry: Option<String> = None;
+        let mut resumed_from_pending = false;
         if let Some(p) = st.pending.clone() {
             if st.slots.contains_key(&p.slot)
                 && (intent.is_none() || intent.as_deref() == Some(p.intent.as_str()) || slot_answer)
             {
-                intent = Some(p.intent.clone());
+                intent = Some(p.intent.clone()).filter(|i| !i.is_empty());
+                resumed_entry = p.faq.clone();
+                resumed_from_pending = true;
                 st.pending = None;
+            }
+        }
+        // A message that only gives an order number ("JP-60215 is the order") is about the
+        // conversation's last topic, else about what that slot usually means (order status).
+        let trusted_now = answer.as_ref().is_some_and(|a| a.trusted);
+        if intent.is_none() && resumed_entry.is_none() && !trusted_now {
+            if let Some(s) = u
+                .slots
+                .iter()
+                .find(|s| self.config.slot_intents.contains_key(s.kind.name()))
+            {
+                intent = st
+                    .last_intent
+                    .clone()
+                    .or_else(|| self.config.slot_intents.get(s.kind.name()).cloned());
+                resumed_from_pending = true;
             }
         }
         d.intent = intent.clone();
 
-        // An intent that needs a slot the conversation lacks: ask for it.
-        if let Some(i) = &intent {
-            if let Some(slot) = self.config.needs_slot.get(i) {
-                if !st.slots.contains_key(slot) {
-                    if let Some(q) = k.ask_for(slot) {
-                        st.pending = Some(Pending {
-                            intent: i.clone(),
-                            slot: slot.clone(),
-                        });
-                        d.reply = Some(self.say(k, &q, st));
-                        d.source = format!("ask:{slot}");
-                        let d = self.empathise(negative, d, k, st);
-                        return self.waiting_note(st, d, k);
-                    }
+        // The answer: the entry that asked for the slot, or a trusted FAQ hit (looked up again
+        // with the resumed intent if it changed).
+        let answer = match resumed_entry.as_deref().and_then(|id| k.entry(id)) {
+            Some(a) => Some(a),
+            None if intent.as_deref() != u.intent.as_deref() => {
+                k.answer(u.query.as_deref().unwrap_or(&u.text), intent.as_deref())
+            }
+            None => answer,
+        };
+        let trusted = answer.clone().filter(|a| a.trusted);
+        let needed = intent
+            .as_ref()
+            .and_then(|i| self.config.needs_slot.get(i))
+            .cloned();
+
+        // An intent that needs a slot the conversation lacks: ask for it, unless a trusted FAQ
+        // answer answers the question as asked ("until when can I cancel?" is a policy
+        // question); that answer's own placeholders ask for what it needs.
+        if let (Some(i), Some(slot)) = (&intent, &needed) {
+            if !st.slots.contains_key(slot) && trusted.is_none() {
+                if let Some(q) = k.ask_for(slot) {
+                    st.pending = Some(Pending {
+                        intent: i.clone(),
+                        slot: slot.clone(),
+                        faq: None,
+                    });
+                    d.reply = Some(self.say(k, &q, st));
+                    d.source = format!("ask:{slot}");
+                    d.asks_for = Some(slot.clone());
+                    st.last_intent = Some(i.clone());
+                    self.remember_topic(st, u, false);
+                    let d = self.empathise(negative, d, k, st);
+                    return self.waiting_note(st, d, k);
                 }
             }
         }
 
-        // Answer: a trusted FAQ hit (looked up again with the resumed intent if it changed),
-        // else the intent's template, else ask to rephrase.
-        let answer = if intent.as_deref() != u.intent.as_deref() {
-            k.answer(&u.text, intent.as_deref())
-        } else {
-            answer
-        };
         let alternatives = answer
             .as_ref()
             .filter(|a| !a.trusted)
             .map(|a| a.alternatives.clone());
-        let filled = match (answer.filter(|a| a.trusted), &intent) {
-            (Some(a), _) => {
-                d.source = format!("faq:{}", a.id);
-                Some(k.fill(&a.template, &st.slots))
+        let mut entry_asking: Option<String> = None;
+        let filled = match (trusted, &intent) {
+            (Some(a), i) => {
+                let f = k.fill(&a.template, &st.slots);
+                // The shopper gave the number the intent needs and the shop's general answer
+                // does not use it: the intent's own template speaks about their order.
+                let known = needed.as_ref().and_then(|slot| st.slots.get(slot));
+                let personal = match (known, i) {
+                    (Some(v), Some(i)) if !f.text.contains(v.as_str()) => k
+                        .intent_template(i)
+                        .map(|t| (i.clone(), k.fill(&t, &st.slots))),
+                    _ => None,
+                };
+                match personal {
+                    Some((i, f)) if f.text.contains(known.map_or("", |v| v.as_str())) => {
+                        d.source = format!("intent:{i}");
+                        Some(f)
+                    }
+                    _ => {
+                        d.source = format!("faq:{}", a.id);
+                        entry_asking = Some(a.id.clone());
+                        if d.intent.is_none() {
+                            d.intent = a.intent.clone();
+                        }
+                        Some(f)
+                    }
+                }
             }
             (None, Some(i)) => k.intent_template(i).map(|t| {
                 d.source = format!("intent:{i}");
@@ -486,13 +766,52 @@ impl Policy {
         };
         match filled {
             Some(f) => {
-                if let (Some(slot), Some(i)) = (f.missing_slots.first(), &intent) {
+                if let Some(slot) = f.missing_slots.first() {
                     st.pending = Some(Pending {
-                        intent: i.clone(),
+                        intent: d.intent.clone().unwrap_or_default(),
                         slot: slot.clone(),
+                        faq: entry_asking,
                     });
+                    d.asks_for = Some(slot.clone());
                 }
+                if d.intent.is_some() {
+                    st.last_intent = d.intent.clone();
+                }
+                self.remember_topic(st, u, resumed_from_pending);
                 d.reply = Some(f.text);
+                // The same answer as last turn does not help: say so and offer a person; a
+                // problem it keeps not solving goes to one.
+                let said = d.reply.clone().unwrap_or_default();
+                if prev_answer.as_deref() == Some(said.as_str()) && d.asks_for.is_none() {
+                    st.repeats += 1;
+                    let limit = self.texts.repeats_to_escalate;
+                    if limit > 0 && st.repeats >= limit && negative && st.status == Status::Bot {
+                        return self.escalate(st, EscalationReason::Unresolved, d, k);
+                    }
+                    // "As I said, Standard delivery…": the answer keeps its capital.
+                    // The parts around `{answer}` are filled on their own: the filler must
+                    // neither see the placeholder (it is not a shop fact) nor re-fill the answer.
+                    let again = self
+                        .texts
+                        .repeated
+                        .split("{answer}")
+                        .map(|part| {
+                            if part.trim().is_empty() {
+                                return part.to_string();
+                            }
+                            // The filler trims; the spaces around the answer stay.
+                            let lead = &part[..part.len() - part.trim_start().len()];
+                            let trail = &part[part.trim_end().len()..];
+                            format!("{lead}{}{trail}", self.say(k, part.trim(), st))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(&said);
+                    d.reply = Some(again);
+                    d.quick_replies = self.texts.rephrase_quick_replies.clone();
+                } else {
+                    st.repeats = 0;
+                }
+                st.last_answer = Some(said);
             }
             None => match alternatives {
                 // A doubtful match: ask which of the closest questions it is, instead of
@@ -511,7 +830,6 @@ impl Policy {
                 }
             },
         }
-
         let wants_products = self.matches("recommend", &u.text)
             || u.slots.iter().any(|s| s.kind == SlotKind::Product)
             || intent
@@ -528,6 +846,81 @@ impl Policy {
         }
         let d = self.empathise(negative, d, k, st);
         self.waiting_note(st, d, k)
+    }
+
+    /// The question a later follow-up is read with (a follow-up keeps its topic's).
+    fn remember_topic(&self, st: &mut State, u: &Understanding, resumed: bool) {
+        // A bare slot answer ("JP-20931") is not a topic; nor is a follow-up.
+        if u.query.is_none() && !resumed {
+            st.topic = Some(u.text.clone());
+        }
+    }
+
+    fn product_reply(&self, st: &mut State, pt: &ProductTurn, mut d: Decision) -> Decision {
+        let say = &self.texts.products;
+        fn remember(st: &mut State, id: &str) {
+            st.products_mentioned.retain(|x| x != id);
+            st.products_mentioned.push(id.to_string());
+        }
+        match pt {
+            ProductTurn::Ask {
+                product,
+                aspects,
+                size,
+                color,
+                alternatives,
+            } => {
+                let mut reply = say.answer(product, aspects, size.as_deref(), color.as_deref());
+                // Sold-out products are never shown as cards: what is in stock instead is.
+                let mut items = if product.in_stock {
+                    vec![product.id.clone()]
+                } else {
+                    Vec::new()
+                };
+                if !alternatives.is_empty() {
+                    reply.push(' ');
+                    reply.push_str(&say.alternatives);
+                    items.extend(alternatives.iter().cloned());
+                }
+                remember(st, &product.id);
+                st.product_aspects = aspects.clone();
+                st.last_request = None;
+                d.reply = Some(reply);
+                d.source = "product:ask".into();
+                d.products = ProductRequest::Items(items);
+            }
+            ProductTurn::Find {
+                what,
+                items,
+                request,
+                ..
+            } => {
+                // One product found is the one "how much is it?" asks about.
+                if let [only] = items.as_slice() {
+                    remember(st, only);
+                }
+                st.last_request = Some(request.clone());
+                let t = if items.is_empty() {
+                    &say.none_found
+                } else {
+                    &say.found
+                };
+                d.reply = Some(t.replace("{what}", what));
+                d.source = "product:find".into();
+                if items.is_empty() {
+                    d.quick_replies = say.none_found_quick_replies.clone();
+                }
+                d.products = ProductRequest::Items(items.clone());
+            }
+            ProductTurn::GoesWith { product, items } => {
+                remember(st, &product.id);
+                st.last_request = None;
+                d.reply = Some(say.fill(&say.goes_with, product, None, None));
+                d.source = "product:goes_with".into();
+                d.products = ProductRequest::Items(items.clone());
+            }
+        }
+        d
     }
 
     /// An upset shopper hears an apology before the answer (unless the reply already opens
@@ -617,6 +1010,7 @@ impl Policy {
             .chain(&c.escalation.complaint_intents)
             .chain(c.needs_slot.keys())
             .chain(&c.products.intents)
+            .chain(c.slot_intents.values())
             .cloned()
             .collect()
     }

@@ -639,6 +639,28 @@ impl FaqIndex {
         Closeness { question, answer }
     }
 
+    /// The live entry with this id: the answer that asked the shopper for a slot, filled again
+    /// once they give it.
+    pub fn entry(&self, id: &str) -> Result<Option<Hit>> {
+        let q = TermQuery::new(
+            Term::from_field_text(self.generation.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let Some((_, addr)) = self.top(&q, 1)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let c = Candidate {
+            addr,
+            row: 0,
+            bm25: 0.0,
+            intent_match: false,
+            intent_agreement: None,
+            cosine: None,
+            score: 0.0,
+        };
+        self.hit(c, 0).map(Some)
+    }
+
     fn hit(&self, c: Candidate, duplicates: usize) -> Result<Hit> {
         let f: &Fields = &self.generation.fields;
         let doc: TantivyDocument = self.searcher.doc(c.addr)?;

@@ -308,7 +308,9 @@ impl Filler {
                 }
             }
         }
-        let fallback = text.trim().is_empty();
+        // Nothing left but a question for the missing value: ask it alone. "I don't have the
+        // details" before "Could you tell me your order number?" reads as a dead end.
+        let fallback = text.trim().is_empty() && asks.is_empty();
         if fallback {
             text = self.fallback.clone();
         }
@@ -557,6 +559,15 @@ order_number = "Could you tell me your order number?"
             &slots(&[("order_number", "77")]),
         );
         assert_eq!(r.text, "Steps:\n1. Find Order History.\n2. Pick 77.");
+    }
+
+    #[test]
+    fn everything_dropped_for_a_slot_asks_for_it_without_the_fallback() {
+        let f = filler();
+        let r = f.fill("Order {{Order Number}} is on its way.", &BTreeMap::new());
+        assert!(!r.fallback);
+        assert_eq!(r.missing_slots, vec!["order_number".to_string()]);
+        assert_eq!(r.text, "Could you tell me your order number?");
     }
 
     #[test]

@@ -322,6 +322,14 @@ impl Nlu {
             .map_err(|_| NluError::WorkerGone)?
     }
 
+    /// `classify_embed` on the chat lane for a turn's blocking part (a follow-up read together
+    /// with its topic): served before batch work like the turn's first pass.
+    pub fn classify_embed_chat_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
+        self.classify_cmd(texts, true, Lane::Chat)?
+            .blocking_recv()
+            .map_err(|_| NluError::WorkerGone)?
+    }
+
     /// `classify` for callers outside an async runtime (the CLI).
     pub fn classify_blocking(&self, texts: Vec<String>) -> Result<Vec<Classification>> {
         self.classify_cmd(texts, false, Lane::Batch)?

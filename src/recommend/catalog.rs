@@ -22,6 +22,27 @@ pub struct Product {
     /// Other names shoppers use for it (slot extraction matches these too).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// A sentence or two about it: what product questions answer from, and what occasion and
+    /// style words in a request are matched against.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Colours it comes in (empty: not known).
+    #[serde(default)]
+    pub colors: Vec<String>,
+    /// Sizes it comes in (empty: not known, or one size).
+    #[serde(default)]
+    pub sizes: Vec<String>,
+}
+
+fn list(cell: Option<String>) -> Vec<String> {
+    cell.map(|a| {
+        a.split('|')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Products by id, in file order.
@@ -31,8 +52,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads `id,title[,category,price,currency,url,image,in_stock,aliases]` (CSV/TSV/JSONL).
-    /// `in_stock` is true unless it says `false`/`0`/`no`; aliases are `|`-separated.
+    /// Reads `id,title[,category,price,currency,url,image,in_stock,aliases,description,colors,
+    /// sizes]` (CSV/TSV/JSONL). `in_stock` is true unless it says `false`/`0`/`no`; aliases,
+    /// colours and sizes are `|`-separated.
     pub fn load(path: &Path) -> Result<(Catalog, Vec<BadRow>)> {
         let err = |reason: String| RecommendError::Data {
             path: PathBuf::from(path),
@@ -51,8 +73,11 @@ impl Catalog {
             "image",
             "in_stock",
             "aliases",
+            "description",
+            "colors|colours",
+            "sizes",
         ];
-        let mut required = [false; 9];
+        let mut required = [false; 12];
         required[0] = true;
         required[1] = true;
         let rows = Rows::new(
@@ -94,15 +119,10 @@ impl Catalog {
                         get(7).map(|s| s.to_lowercase()).as_deref(),
                         Some("false" | "0" | "no")
                     ),
-                    aliases: get(8)
-                        .map(|a| {
-                            a.split('|')
-                                .map(str::trim)
-                                .filter(|s| !s.is_empty())
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    aliases: list(get(8)),
+                    description: get(9),
+                    colors: list(get(10)),
+                    sizes: list(get(11)),
                 })
             });
             match p {

@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod shopping;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

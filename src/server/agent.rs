@@ -1,7 +1,9 @@
-//! The agent API under `/v1/agent`: escalations, transcripts, claim / reply / resolve, relabels
-//! and a live websocket of events. Every call needs `Authorization: Bearer <token>`; the live
-//! stream alone also takes `?access_token=`, since browsers cannot set headers on websockets.
-//! Claim, reply and resolve are the conversation service's; this file parses and routes.
+//! The agent API under `/v1/agent`: escalations, transcripts, claim / reply / resolve, relabels,
+//! internal notes, canned replies, a customer's other conversations, search and a live
+//! websocket of events. Every call needs `Authorization: Bearer <token>`; the live stream alone
+//! also takes `?access_token=`, since browsers cannot set headers on websockets. Claim, reply,
+//! resolve and notes are the conversation service's, queries the store's; this file parses and
+//! routes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +20,12 @@ use tokio::sync::broadcast;
 use super::api::Body;
 use super::error::ApiError;
 use super::App;
-use crate::conversation::{parse_state, AgentEvent};
-use crate::store::{Escalation, EscalationStatus, Message as StoredMessage, Role};
+use crate::canned::CannedReply;
+use crate::conversation::{parse_state, queue_negativity, AgentEvent};
+use crate::store::{
+    ConversationSummary, Escalation, EscalationStatus, Message as StoredMessage, Note, Role,
+    SearchHit,
+};
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -29,7 +35,14 @@ pub fn router() -> Router<Arc<App>> {
         .route("/escalations/{id}/claim", post(claim))
         .route("/escalations/{id}/reply", post(reply))
         .route("/escalations/{id}/resolve", post(resolve))
+        .route("/escalations/{id}/notes", post(add_note))
         .route("/messages/{id}/relabel", post(relabel))
+        .route("/canned", get(canned))
+        .route(
+            "/customers/{customer_id}/conversations",
+            get(customer_conversations),
+        )
+        .route("/search", get(search))
         .route("/stream", get(stream))
 }
 
@@ -89,7 +102,7 @@ async fn me(State(app): State<Arc<App>>, Agent(name): Agent) -> Json<serde_json:
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// open (default), claimed, resolved or all.
+    /// active (open and claimed, default), open (waiting), claimed, resolved or all.
     status: Option<String>,
     /// waiting (longest first, default) or sentiment (most negative first).
     sort: Option<String>,
@@ -103,51 +116,71 @@ struct ListItem {
     customer_id: Option<String>,
     /// Seconds since the escalation opened (until it was resolved).
     waiting_seconds: f64,
+    /// The shopper's latest message (never the bot's: that is the escalation text).
     last_message: Option<String>,
-    /// Intent and sentiment of the shopper's latest message.
+    /// Intent of the shopper's latest message.
     intent: Option<String>,
+    /// "negative" when `negativity` is 0.5 or more, else the label of the shopper's latest
+    /// message: the badge agrees with the "most negative first" order.
     sentiment: Option<String>,
+    /// What "most negative first" sorts by: see [`queue_negativity`].
+    negativity: Option<f32>,
 }
+
+/// Shopper messages read per queue item: enough for a conversation's recent mood.
+const QUEUE_SHOPPER_MESSAGES: i64 = 50;
 
 async fn list(
     State(app): State<Arc<App>>,
     _agent: Agent,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    use EscalationStatus::{Claimed, Open, Resolved};
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let status = q.status.unwrap_or_else(|| "open".into());
-    let filter = match status.as_str() {
-        "all" => None,
-        s @ ("open" | "claimed" | "resolved") => Some(s.parse::<EscalationStatus>()?),
+    let statuses: &[EscalationStatus] = match q.status.as_deref().unwrap_or("active") {
+        "active" => &[Open, Claimed],
+        "open" => &[Open],
+        "claimed" => &[Claimed],
+        "resolved" => &[Resolved],
+        "all" => &[],
         other => {
             return Err(ApiError::BadRequest(format!(
-                "status must be open, claimed, resolved or all, not {other}"
+                "status must be active, open, claimed, resolved or all, not {other}"
             )))
         }
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut items = Vec::new();
     let now = crate::store::now_ms();
-    for e in app.store().escalations(filter, limit).await? {
+    for e in app.store().escalations_with(statuses, limit).await? {
         let conv = app.store().conversation(&e.conversation_id).await?;
-        let last = app.store().messages(&e.conversation_id, 10).await?;
-        let shopper = last.iter().rev().find(|m| m.role == Role::Shopper);
+        let shopper = app
+            .store()
+            .shopper_messages(&e.conversation_id, QUEUE_SHOPPER_MESSAGES)
+            .await?;
+        let latest = shopper.first();
+        let negativity = queue_negativity(&e, &shopper);
+        let sentiment = match negativity {
+            Some(n) if n >= 0.5 => Some("negative".to_string()),
+            _ => latest.and_then(|m| m.sentiment.clone()),
+        };
         let until = e.resolved_at.unwrap_or(now);
         items.push(ListItem {
             customer_id: conv.and_then(|c| c.customer_id),
             waiting_seconds: (until - e.created_at).max(0) as f64 / 1e3,
-            intent: shopper.and_then(|m| m.intent.clone()),
-            sentiment: shopper.and_then(|m| m.sentiment.clone()),
-            last_message: last.last().map(|m| m.text.clone()),
+            intent: latest.and_then(|m| m.intent.clone()),
+            sentiment,
+            negativity,
+            last_message: latest.map(|m| m.text.clone()),
             escalation: e,
         });
     }
     match q.sort.as_deref().unwrap_or("waiting") {
         "waiting" => items.sort_by(|a, b| b.waiting_seconds.total_cmp(&a.waiting_seconds)),
-        // An escalation's sentiment score is P(negative) of the message that escalated it:
-        // higher is angrier. Escalations without one (after unhelpful answers) come last.
+        // Higher negativity is angrier; escalations with none (after unhelpful answers, with
+        // no negative message) come last; ties: longest waiting first.
         "sentiment" => items.sort_by(|a, b| {
-            let s = |x: &ListItem| x.escalation.sentiment_score.unwrap_or(-1.0);
+            let s = |x: &ListItem| x.negativity.unwrap_or(-1.0);
             s(b).total_cmp(&s(a))
                 .then(b.waiting_seconds.total_cmp(&a.waiting_seconds))
         }),
@@ -167,8 +200,8 @@ async fn escalation(app: &App, id: &str) -> Result<Escalation, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("escalation {id} not found")))
 }
 
-/// The escalation, its conversation (status, remembered slots) and every message with its
-/// intent, sentiment and confidence.
+/// The escalation, its conversation (status, remembered slots), every message with its
+/// intent, sentiment and confidence, and the agents' internal notes.
 async fn transcript(
     State(app): State<Arc<App>>,
     _agent: Agent,
@@ -205,6 +238,7 @@ async fn transcript(
             v
         })
         .collect();
+    let notes = app.store().notes(&conv.id).await?;
     Ok(Json(serde_json::json!({
         "escalation": e,
         "conversation": {
@@ -215,6 +249,7 @@ async fn transcript(
             "created_at": conv.created_at,
         },
         "messages": messages,
+        "notes": notes,
     })))
 }
 
@@ -259,6 +294,87 @@ async fn resolve(
 ) -> Result<Json<Escalation>, ApiError> {
     let brain = app.brain()?;
     Ok(Json(app.service.resolve(&brain, &id, &agent).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    text: String,
+}
+
+/// An internal note on the escalation's conversation (1–2,000 characters; for agents only).
+async fn add_note(
+    State(app): State<Arc<App>>,
+    Agent(agent): Agent,
+    Path(id): Path<String>,
+    Body(body): Body<NoteBody>,
+) -> Result<Json<Note>, ApiError> {
+    Ok(Json(app.service.add_note(&id, &agent, &body.text).await?))
+}
+
+/// The shop's canned replies (`prompts/canned.toml`, read at start).
+async fn canned(State(app): State<Arc<App>>, _agent: Agent) -> Json<serde_json::Value> {
+    let replies: &[CannedReply] = &app.canned;
+    Json(serde_json::json!({ "replies": replies }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// A conversation to leave out (the one the agent is reading).
+    except: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A customer's conversations, newest first.
+async fn customer_conversations(
+    State(app): State<Arc<App>>,
+    _agent: Agent,
+    Path(customer_id): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if customer_id.is_empty() || customer_id.chars().count() > 128 {
+        return Err(ApiError::BadRequest(
+            "a customer id has 1 to 128 characters".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let conversations: Vec<ConversationSummary> = app
+        .store()
+        .customer_conversations(&customer_id, q.except.as_deref(), limit)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "customer_id": customer_id,
+        "conversations": conversations,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// The most hits a search returns.
+const MAX_SEARCH_HITS: i64 = 50;
+
+/// Messages containing `q` and conversations whose customer id contains it, newest first.
+async fn search(
+    State(app): State<Arc<App>>,
+    _agent: Agent,
+    q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let text = q.q.as_deref().unwrap_or_default().trim();
+    let n = text.chars().count();
+    if !(2..=200).contains(&n) {
+        return Err(ApiError::BadRequest(
+            "q (the search text) needs 2 to 200 characters".into(),
+        ));
+    }
+    let hits: Vec<SearchHit> = app.store().search(text, MAX_SEARCH_HITS).await?;
+    Ok(Json(serde_json::json!({ "q": text, "hits": hits })))
 }
 
 #[derive(Deserialize)]

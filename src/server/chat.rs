@@ -365,7 +365,9 @@ impl Session {
                     timer.as_mut().reset(tokio::time::Instant::now() + idle);
                     let text = t?;
                     match protocol::parse(&text) {
-                        Ok(ClientFrame::Message { id, text }) => self.message(at, id, text).await?,
+                        Ok(ClientFrame::Message { id, text, product }) => {
+                            self.message(at, id, text, product).await?
+                        }
                         Ok(ClientFrame::Feedback { message_id, helpful }) => {
                             self.feedback(at, &message_id, helpful).await?
                         }
@@ -384,6 +386,7 @@ impl Session {
         at: &Attached,
         client_id: Option<String>,
         text: String,
+        page_product: Option<String>,
     ) -> Result<(), Stop> {
         let limits = &self.app.config.limits;
         let text = text.trim().to_string();
@@ -428,7 +431,14 @@ impl Session {
         let app = self.app.clone();
         let out = app
             .service
-            .turn(&brain, &at.id, at.customer_id.as_deref(), client_id, text)
+            .turn_on_page(
+                &brain,
+                &at.id,
+                at.customer_id.as_deref(),
+                client_id,
+                text,
+                page_product,
+            )
             .instrument(span.clone())
             .await;
         match out {

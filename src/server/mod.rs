@@ -84,6 +84,8 @@ pub struct App {
     pub agents: AgentTokens,
     pub admins: AgentTokens,
     pub api_keys: AgentTokens,
+    /// The shop's canned replies for agents (`prompts/canned.toml`), read at start.
+    pub canned: Vec<crate::canned::CannedReply>,
     pub metrics: Arc<metrics::Metrics>,
     pub limiters: limits::Limiters,
     /// Turns true when the server begins to shut down: open websockets close (1012).
@@ -189,6 +191,10 @@ pub async fn start(
             .collect::<Vec<_>>(),
     )
     .map_err(|e| ServerError::Config(format!("--api-key: {e}")))?;
+    // Read before anything starts: a shop's broken file is a start-up error, not a console
+    // that quietly lacks its replies.
+    let canned = crate::canned::load(&config.engine.prompts_dir.join("canned.toml"))
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let mut opts = StoreOptions::new(config.database_url.clone());
     opts.synchronous_full = config.synchronous_full;
     let store = Store::connect(&opts).await?;
@@ -224,6 +230,7 @@ pub async fn start(
         agents,
         admins,
         api_keys,
+        canned,
         metrics: Arc::new(metrics::Metrics::new()),
         closing: tokio::sync::watch::Sender::new(false),
     });

@@ -1,5 +1,5 @@
 //! `store` is the only module that speaks SQL: conversations (with the dialogue state), their
-//! messages (with intent, sentiment and confidence), escalations and feedback.
+//! messages (with intent, sentiment and confidence), escalations, feedback and agents' notes.
 //!
 //! SQLite in WAL mode by default (`sqlite://path/to/shopdesk.db`, created if missing), with
 //! `synchronous = FULL`: a turn's shopper message and bot reply are one transaction, committed
@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_secrets.sql")),
     (3, include_str!("migrations/0003_write_probe.sql")),
+    (4, include_str!("migrations/0004_notes.sql")),
 ];
 
 /// Unix milliseconds, strictly increasing within the process: rows written in one millisecond
@@ -198,6 +199,62 @@ pub struct Relabel {
     pub intent: Option<String>,
     pub sentiment: Option<String>,
     pub agent: Option<String>,
+}
+
+/// An agent's internal note on a conversation: for agents only, never sent to the shopper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub id: String,
+    pub conversation_id: String,
+    pub agent: String,
+    pub text: String,
+    pub created_at: i64,
+}
+
+/// One conversation of a customer, summarised for the agent's history panel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub status: ConversationStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The shopper's first message (none when the shopper never wrote).
+    pub first_message: Option<String>,
+    pub message_count: i64,
+    /// The conversation's latest escalation, which the console opens (none: the bot handled it).
+    pub escalation_id: Option<String>,
+}
+
+/// What matched an agent's search: a message, or a conversation whose customer id matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchHit {
+    pub conversation_id: String,
+    pub customer_id: Option<String>,
+    /// The matching message; none when the customer id matched.
+    pub message_id: Option<String>,
+    pub role: Option<Role>,
+    /// The matching message's text, or the conversation's first shopper message.
+    pub text: Option<String>,
+    pub created_at: i64,
+    /// The conversation's latest escalation, which the console opens.
+    pub escalation_id: Option<String>,
+}
+
+/// A `LIKE` pattern that matches `q` anywhere, literally: `%`, `_` and the escape character
+/// itself are escaped (with `\`, named in every `LIKE ... ESCAPE`), so a search for "50%"
+/// does not match everything. Lower-cased, as the column is compared with `LOWER(...)`: SQLite's
+/// LIKE ignores ASCII case and PostgreSQL's does not, and the answer must not depend on it.
+pub fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// What one turn writes (see [`Store::write_turn`]).
@@ -562,6 +619,56 @@ pub async fn set_state(
         return Err(StoreError::NoConversation(conversation_id.into()));
     }
     Ok(())
+}
+
+fn note(r: &sqlx::sqlite::SqliteRow) -> Result<Note> {
+    Ok(Note {
+        id: r.try_get("id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        agent: r.try_get("agent")?,
+        text: r.try_get("text")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// An agent's internal note on a conversation, inside a transaction.
+pub async fn add_note(
+    conn: &mut SqliteConnection,
+    conversation_id: &str,
+    agent: &str,
+    text: &str,
+) -> Result<Note> {
+    if conversation_in(conn, conversation_id).await?.is_none() {
+        return Err(StoreError::NoConversation(conversation_id.into()));
+    }
+    let n = Note {
+        id: new_id(),
+        conversation_id: conversation_id.into(),
+        agent: agent.into(),
+        text: text.into(),
+        created_at: now_ms(),
+    };
+    sqlx::query(
+        "INSERT INTO notes (id, conversation_id, agent, text, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&n.id)
+    .bind(&n.conversation_id)
+    .bind(&n.agent)
+    .bind(&n.text)
+    .bind(n.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(n)
+}
+
+/// The latest escalation of the conversation `c.id` (a correlated subquery both engines run);
+/// a macro so the queries that use it stay `&'static str` (sqlx takes no built strings).
+macro_rules! latest_escalation {
+    () => {
+        "(SELECT e.id FROM escalations e WHERE e.conversation_id = c.id \
+         ORDER BY e.created_at DESC, e.id LIMIT 1)"
+    };
 }
 
 const CONVERSATION_BY_ID: &str = "SELECT * FROM conversations WHERE id = $1";
@@ -1031,6 +1138,154 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(escalation).collect()
+    }
+
+    /// Escalations whose status is one of `statuses` (any when empty): oldest first when none
+    /// is resolved, else newest first. The agent console's default list is the open and
+    /// claimed ones together.
+    pub async fn escalations_with(
+        &self,
+        statuses: &[EscalationStatus],
+        limit: i64,
+    ) -> Result<Vec<Escalation>> {
+        if statuses.is_empty() {
+            return self.escalations(None, limit).await;
+        }
+        // Three placeholders, the list padded with its last status (there are three statuses):
+        // static SQL, no engine-specific array binding. Lists of unresolved ones keep the
+        // longest waiting when `limit` cuts; lists with resolved ones keep the newest.
+        let sql = if statuses.contains(&EscalationStatus::Resolved) {
+            "SELECT * FROM escalations WHERE status IN ($2, $3, $4) \
+             ORDER BY created_at DESC, id LIMIT $1"
+        } else {
+            "SELECT * FROM escalations WHERE status IN ($2, $3, $4) \
+             ORDER BY created_at ASC, id LIMIT $1"
+        };
+        let mut q = sqlx::query(sql).bind(limit);
+        for i in 0..3 {
+            let s = statuses.get(i).or(statuses.last());
+            q = q.bind(s.map(|s| s.as_str()));
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(escalation).collect()
+    }
+
+    /// The shopper's last `limit` messages of a conversation, newest first: the queue's
+    /// preview and the shopper's sentiment (the bot's and agents' messages carry neither).
+    pub async fn shopper_messages(
+        &self,
+        conversation_id: &str,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages WHERE conversation_id = $1 AND role = 'shopper' \
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(conversation_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message).collect()
+    }
+
+    /// An agent's internal note on a conversation, in its own transaction.
+    pub async fn add_note(&self, conversation_id: &str, agent: &str, text: &str) -> Result<Note> {
+        let mut w = self.begin_write().await?;
+        let r = add_note(w.conn(), conversation_id, agent, text).await;
+        w.finish(r).await
+    }
+
+    /// A conversation's internal notes, oldest first.
+    pub async fn notes(&self, conversation_id: &str) -> Result<Vec<Note>> {
+        let rows =
+            sqlx::query("SELECT * FROM notes WHERE conversation_id = $1 ORDER BY created_at, id")
+                .bind(conversation_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(note).collect()
+    }
+
+    /// A customer's conversations, newest first, without `except` (the one the agent is
+    /// reading): status, first shopper message, message count and latest escalation.
+    pub async fn customer_conversations(
+        &self,
+        customer_id: &str,
+        except: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConversationSummary>> {
+        let sql = concat!(
+            "SELECT c.id, c.status, c.created_at, c.updated_at, \
+             (SELECT m.text FROM messages m WHERE m.conversation_id = c.id AND m.role = 'shopper' \
+              ORDER BY m.seq LIMIT 1) AS first_message, \
+             (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count, ",
+            latest_escalation!(),
+            " AS escalation_id \
+             FROM conversations c WHERE c.customer_id = $1 AND ($2 IS NULL OR c.id <> $2) \
+             ORDER BY c.created_at DESC, c.id LIMIT $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(customer_id)
+            .bind(except)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConversationSummary {
+                    id: r.try_get("id")?,
+                    status: column(r, "status")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    first_message: r.try_get("first_message")?,
+                    message_count: r.try_get("message_count")?,
+                    escalation_id: r.try_get("escalation_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Messages whose text contains `q`, and conversations whose customer id contains it,
+    /// newest first, at most `limit`; case-insensitive, `q` taken literally (see
+    /// [`like_pattern`]).
+    pub async fn search(&self, q: &str, limit: i64) -> Result<Vec<SearchHit>> {
+        let sql = concat!(
+            "SELECT * FROM ( \
+               SELECT c.id AS conversation_id, c.customer_id, m.id AS message_id, m.role, \
+                      m.text, m.created_at, ",
+            latest_escalation!(),
+            " AS escalation_id \
+               FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+               WHERE LOWER(m.text) LIKE $1 ESCAPE '\\' \
+               UNION ALL \
+               SELECT c.id AS conversation_id, c.customer_id, CAST(NULL AS TEXT) AS message_id, \
+                      CAST(NULL AS TEXT) AS role, \
+                      (SELECT m.text FROM messages m WHERE m.conversation_id = c.id \
+                       AND m.role = 'shopper' ORDER BY m.seq LIMIT 1) AS text, \
+                      c.updated_at AS created_at, ",
+            latest_escalation!(),
+            " AS escalation_id \
+               FROM conversations c WHERE LOWER(c.customer_id) LIKE $1 ESCAPE '\\' \
+             ) AS hits ORDER BY created_at DESC, conversation_id, message_id LIMIT $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(like_pattern(q))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let role: Option<String> = r.try_get("role")?;
+                Ok(SearchHit {
+                    conversation_id: r.try_get("conversation_id")?,
+                    customer_id: r.try_get("customer_id")?,
+                    message_id: r.try_get("message_id")?,
+                    role: role.map(|s| s.parse()).transpose()?,
+                    text: r.try_get("text")?,
+                    created_at: r.try_get("created_at")?,
+                    escalation_id: r.try_get("escalation_id")?,
+                })
+            })
+            .collect()
     }
 
     /// open → claimed. Exactly one agent wins a claim race.

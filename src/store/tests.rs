@@ -20,6 +20,19 @@ fn shopper(text: &str) -> NewMessage {
     }
 }
 
+/// A shopper message and the bot's reply, the conversation staying with the bot.
+async fn bot_turn(s: &Store, conversation_id: &str, said: &str, replied: &str) {
+    s.record_turn(
+        conversation_id,
+        &shopper(said),
+        Some(&bot(replied)),
+        ConversationStatus::Bot,
+        "{}",
+    )
+    .await
+    .expect("turn");
+}
+
 fn bot(text: &str) -> NewMessage {
     NewMessage {
         role: Role::Bot,
@@ -414,4 +427,203 @@ async fn a_write_dropped_half_way_rolls_back() {
     s.set_state(&c.id, ConversationStatus::Waiting, "{}")
         .await
         .expect("the writer works");
+}
+
+#[tokio::test]
+async fn notes_are_stored_per_conversation_oldest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", ConversationStatus::Waiting, "{}")
+        .await
+        .expect("create");
+    let other = s
+        .create_conversation(None, "en", ConversationStatus::Waiting, "{}")
+        .await
+        .expect("create");
+    let a = s
+        .add_note(&c.id, "ann", "called the carrier")
+        .await
+        .expect("note");
+    let b = s
+        .add_note(&c.id, "bob", "refund approved")
+        .await
+        .expect("note");
+    s.add_note(&other.id, "ann", "elsewhere")
+        .await
+        .expect("note");
+    let notes = s.notes(&c.id).await.expect("notes");
+    assert_eq!(notes, vec![a.clone(), b]);
+    assert_eq!(notes[0].agent, "ann");
+    assert!(matches!(
+        s.add_note("nope", "ann", "x").await,
+        Err(StoreError::NoConversation(_))
+    ));
+    // Notes are not messages: the transcript the shopper resumes has none of them.
+    assert!(s.messages(&c.id, 100).await.expect("messages").is_empty());
+    // Committed: a new pool on the same file sees them.
+    drop(s);
+    let s = open(&dir).await;
+    assert_eq!(s.notes(&c.id).await.expect("notes").len(), 2);
+}
+
+#[tokio::test]
+async fn active_escalations_are_open_and_claimed_longest_waiting_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let c = s
+            .create_conversation(None, "en", ConversationStatus::Waiting, "{}")
+            .await
+            .expect("create");
+        ids.push(s.escalate(&c.id, "complaint", None).await.expect("esc").id);
+    }
+    s.claim(&ids[0], "ann").await.expect("claim");
+    s.resolve(&ids[2], "ann").await.expect("resolve");
+    let active = [EscalationStatus::Open, EscalationStatus::Claimed];
+    let got: Vec<String> = s
+        .escalations_with(&active, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, vec![ids[0].clone(), ids[1].clone()]);
+    let resolved = s
+        .escalations_with(&[EscalationStatus::Resolved], 10)
+        .await
+        .expect("list");
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(s.escalations_with(&[], 10).await.expect("all").len(), 3);
+}
+
+#[tokio::test]
+async fn shopper_messages_newest_first_without_bot_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let c = s
+        .create_conversation(None, "en", ConversationStatus::Bot, "{}")
+        .await
+        .expect("create");
+    bot_turn(&s, &c.id, "first", "hi").await;
+    s.record_turn(
+        &c.id,
+        &shopper("I want a person"),
+        Some(&bot("A person from our team will join")),
+        ConversationStatus::Waiting,
+        "{}",
+    )
+    .await
+    .expect("turn");
+    let m = s.shopper_messages(&c.id, 10).await.expect("shopper");
+    let texts: Vec<&str> = m.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, vec!["I want a person", "first"]);
+}
+
+#[tokio::test]
+async fn a_customers_conversations_newest_first_with_summaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let old = s
+        .create_conversation(Some("c42"), "en", ConversationStatus::Bot, "{}")
+        .await
+        .expect("create");
+    bot_turn(&s, &old.id, "where is my parcel?", "Which order?").await;
+    bot_turn(&s, &old.id, "JP-12345", "On its way").await;
+    let esc = s.escalate(&old.id, "unhelpful", None).await.expect("esc");
+    let new = s
+        .create_conversation(Some("c42"), "en", ConversationStatus::Waiting, "{}")
+        .await
+        .expect("create");
+    s.create_conversation(Some("c43"), "en", ConversationStatus::Bot, "{}")
+        .await
+        .expect("someone else");
+
+    let all = s
+        .customer_conversations("c42", None, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        vec![new.id.as_str(), old.id.as_str()],
+        "newest first"
+    );
+    let others = s
+        .customer_conversations("c42", Some(&new.id), 10)
+        .await
+        .expect("history");
+    assert_eq!(others.len(), 1);
+    let o = &others[0];
+    assert_eq!(o.first_message.as_deref(), Some("where is my parcel?"));
+    assert_eq!(o.message_count, 4);
+    assert_eq!(o.status, ConversationStatus::Bot);
+    assert_eq!(o.escalation_id.as_deref(), Some(esc.id.as_str()));
+    assert_eq!(all[0].message_count, 0);
+    assert_eq!(all[0].first_message, None);
+    assert!(s
+        .customer_conversations("nobody", None, 10)
+        .await
+        .expect("none")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn search_matches_text_and_customer_ids_literally_newest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir).await;
+    let a = s
+        .create_conversation(Some("vip_7"), "en", ConversationStatus::Bot, "{}")
+        .await
+        .expect("create");
+    bot_turn(&s, &a.id, "I got 50% off the Linen shirt", "Nice").await;
+    let b = s
+        .create_conversation(Some("vipx7"), "en", ConversationStatus::Bot, "{}")
+        .await
+        .expect("create");
+    s.record_turn(
+        &b.id,
+        &shopper("a linen SHIRT in blue? 50 percent"),
+        None,
+        ConversationStatus::Bot,
+        "{}",
+    )
+    .await
+    .expect("turn");
+
+    // Case-insensitive, newest first.
+    let hits = s.search("linen shirt", 50).await.expect("search");
+    let texts: Vec<&str> = hits.iter().filter_map(|h| h.text.as_deref()).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "a linen SHIRT in blue? 50 percent",
+            "I got 50% off the Linen shirt"
+        ]
+    );
+    assert_eq!(hits[0].role, Some(Role::Shopper));
+    assert_eq!(hits[0].customer_id.as_deref(), Some("vipx7"));
+    // `%` and `_` are literal, not wildcards.
+    let pct = s.search("50%", 50).await.expect("search");
+    assert_eq!(pct.len(), 1, "{pct:?}");
+    assert_eq!(pct[0].conversation_id, a.id);
+    let underscore = s.search("vip_", 50).await.expect("search");
+    assert_eq!(underscore.len(), 1, "{underscore:?}");
+    assert_eq!(underscore[0].conversation_id, a.id);
+    assert_eq!(
+        underscore[0].message_id, None,
+        "a customer-id hit names no message"
+    );
+    assert_eq!(
+        underscore[0].text.as_deref(),
+        Some("I got 50% off the Linen shirt")
+    );
+    assert!(s.search("\\", 50).await.expect("search").is_empty());
+    // The limit holds.
+    assert_eq!(s.search("i", 2).await.expect("search").len(), 2);
+}
+
+#[test]
+fn like_patterns_escape_wildcards() {
+    assert_eq!(like_pattern("50%_a\\B"), "%50\\%\\_a\\\\b%");
 }

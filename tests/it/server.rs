@@ -693,6 +693,10 @@ fn agent_api_refuses_calls_without_a_valid_token() {
         ("POST", "/v1/agent/escalations/x/reply"),
         ("POST", "/v1/agent/escalations/x/resolve"),
         ("POST", "/v1/agent/messages/x/relabel"),
+        ("POST", "/v1/agent/escalations/x/notes"),
+        ("GET", "/v1/agent/canned"),
+        ("GET", "/v1/agent/customers/c0001/conversations"),
+        ("GET", "/v1/agent/search?q=refund"),
     ] {
         for token in [None, Some("wrong"), Some(hash_token(AGENT_TOKEN).as_str())] {
             let (st, v) = http(method, addr, path, token, None).expect("http");
@@ -995,4 +999,318 @@ fn every_acknowledged_message_survives_kill_9() {
     });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A shopper (with `customer`) who asks for a person: the escalation's id.
+async fn escalated(addr: SocketAddr, customer: Option<&str>, first: &str) -> (Shopper, String) {
+    let mut s = Shopper::connect(addr, None, customer).await;
+    reply_text(&s.say(first).await);
+    let r = s.say("I want to talk to a real person").await;
+    assert_eq!(r["escalated"], true, "{r}");
+    let list = agent_call(
+        addr,
+        "GET",
+        "/v1/agent/escalations?status=all&limit=1000",
+        None,
+    );
+    let id = list["escalations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["conversation_id"] == s.conversation_id.as_str())
+        .expect("listed")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    (s, id)
+}
+
+#[tokio::test]
+async fn agents_add_internal_notes_that_the_shopper_never_gets() {
+    let addr = server();
+    let (mut s, esc) = escalated(addr, None, "Where is my order JP-40117?").await;
+    let path = format!("/v1/agent/escalations/{esc}/notes");
+    let note = agent_call(
+        addr,
+        "POST",
+        &path,
+        Some(json!({"text": "  Carrier says the parcel is lost; refund approved by Sam.  "})),
+    );
+    assert_eq!(note["agent"], "Alex");
+    assert_eq!(
+        note["text"],
+        "Carrier says the parcel is lost; refund approved by Sam."
+    );
+    // Bad input: clear 400s; an unknown escalation is 404; no token is 401.
+    for (body, why) in [
+        (json!({"text": ""}), "empty"),
+        (json!({"text": "   "}), "blank"),
+        (json!({"text": "x".repeat(2001)}), "too long"),
+        (json!({}), "no text"),
+        (json!({"text": "ok", "extra": 1}), "unknown field"),
+    ] {
+        let (st, v) = http("POST", addr, &path, Some(AGENT_TOKEN), Some(body)).expect("http");
+        assert_eq!(st, 400, "{why}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{why}: {v}");
+    }
+    let (st, _) = http(
+        "POST",
+        addr,
+        &path,
+        Some(AGENT_TOKEN),
+        Some(json!({"text": "x".repeat(2000)})),
+    )
+    .expect("http");
+    assert_eq!(st, 200, "2,000 characters are allowed");
+    let (st, v) = http(
+        "POST",
+        addr,
+        "/v1/agent/escalations/no-such-escalation/notes",
+        Some(AGENT_TOKEN),
+        Some(json!({"text": "hello"})),
+    )
+    .expect("http");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (st, _) = http("POST", addr, &path, None, Some(json!({"text": "hello"}))).expect("http");
+    assert_eq!(st, 401);
+
+    // The transcript carries the notes, apart from the messages.
+    let t = agent_call(addr, "GET", &format!("/v1/agent/escalations/{esc}"), None);
+    let notes = t["notes"].as_array().expect("notes");
+    assert_eq!(notes.len(), 2, "{t}");
+    assert_eq!(notes[0]["text"], note["text"]);
+    assert!(t["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .all(|m| !m["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refund approved")));
+    // The shopper's socket got nothing: the next frame answers the next message.
+    let r = s.say("Hello? Anyone there?").await;
+    assert!(r["type"] == "reply" || r["type"] == "ack", "{r}");
+    assert!(!r.to_string().contains("refund approved"), "{r}");
+    // A resumed shopper's history has no note either.
+    let again = Shopper::connect(addr, Some(&s.session), None).await;
+    assert!(
+        !again.welcome.to_string().contains("refund approved"),
+        "{}",
+        again.welcome
+    );
+}
+
+#[test]
+fn canned_replies_are_served_from_the_shops_file() {
+    let addr = server();
+    let v = agent_call(addr, "GET", "/v1/agent/canned", None);
+    let replies = v["replies"].as_array().expect("replies");
+    assert!(replies.len() >= 5, "{v}");
+    assert!(replies
+        .iter()
+        .all(|r| r["title"].as_str().is_some_and(|t| !t.is_empty())
+            && r["text"].as_str().is_some_and(|t| !t.is_empty())));
+    assert!(replies.iter().any(|r| r["title"] == "Refund issued"), "{v}");
+}
+
+#[tokio::test]
+async fn a_malformed_canned_file_stops_the_start_and_a_missing_one_is_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = dir.path().join("prompts");
+    std::fs::create_dir(&prompts).expect("mkdir");
+    std::fs::write(prompts.join("canned.toml"), "[[reply]]\ntitle = \"Hi\"\n").expect("write");
+    let mut cfg = config(&dir.path().join("t.db"), Limits::default());
+    cfg.engine.prompts_dir = prompts.clone();
+    let err = match shopdesk::server::start(cfg, std::future::pending()).await {
+        Ok(_) => panic!("a malformed canned.toml must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("canned.toml"), "{err}");
+
+    // Without the file the console simply has none.
+    let addr = start_with(|c| {
+        c.engine.prompts_dir = {
+            let p = dir.path().join("no-canned");
+            for f in std::fs::read_dir(common::repo().join("prompts")).expect("prompts") {
+                let f = f.expect("entry").path();
+                if f.file_name().is_some_and(|n| n != "canned.toml") && f.is_file() {
+                    std::fs::create_dir_all(&p).expect("mkdir");
+                    std::fs::copy(&f, p.join(f.file_name().expect("name"))).expect("copy");
+                }
+            }
+            p
+        }
+    });
+    let v = agent_call(addr, "GET", "/v1/agent/canned", None);
+    assert_eq!(v["replies"], json!([]), "{v}");
+}
+
+#[tokio::test]
+async fn a_customers_other_conversations_newest_first() {
+    let addr = server();
+    let customer = format!("hist-{}", fastrand::u32(..));
+    let (_a, first) = escalated(addr, Some(&customer), "Do you ship to Canada?").await;
+    let (b, second) = escalated(addr, Some(&customer), "Where is my order JP-55120?").await;
+    let path = format!("/v1/agent/customers/{customer}/conversations");
+    let v = agent_call(addr, "GET", &path, None);
+    let convs = v["conversations"].as_array().expect("conversations");
+    assert_eq!(convs.len(), 2, "{v}");
+    assert_eq!(convs[0]["id"], b.conversation_id.as_str(), "newest first");
+    assert_eq!(convs[0]["escalation_id"], second.as_str());
+    assert_eq!(convs[1]["escalation_id"], first.as_str());
+    assert_eq!(convs[1]["first_message"], "Do you ship to Canada?");
+    assert!(
+        convs[1]["message_count"].as_i64().expect("count") >= 3,
+        "{v}"
+    );
+    assert!(convs[1]["status"].is_string());
+    assert!(convs[1]["created_at"].is_i64());
+    // The one the agent reads is left out on request.
+    let v = agent_call(
+        addr,
+        "GET",
+        &format!("{path}?except={}", b.conversation_id),
+        None,
+    );
+    assert_eq!(v["conversations"].as_array().map(Vec::len), Some(1), "{v}");
+    // The queue names the customer and previews what the shopper said, not the bot.
+    let list = agent_call(addr, "GET", "/v1/agent/escalations", None);
+    let item = list["escalations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["id"] == second.as_str())
+        .expect("the default list has open escalations")
+        .clone();
+    assert_eq!(item["customer_id"], customer.as_str());
+    assert_eq!(item["last_message"], "I want to talk to a real person");
+    // Unknown customers have no conversations; bad ids and no token are refused.
+    let v = agent_call(
+        addr,
+        "GET",
+        "/v1/agent/customers/nobody-at-all/conversations",
+        None,
+    );
+    assert_eq!(v["conversations"], json!([]));
+    let long = "c".repeat(129);
+    let (st, _) = http(
+        "GET",
+        addr,
+        &format!("/v1/agent/customers/{long}/conversations"),
+        Some(AGENT_TOKEN),
+        None,
+    )
+    .expect("http");
+    assert_eq!(st, 400);
+    let (st, _) = http("GET", addr, &path, None, None).expect("http");
+    assert_eq!(st, 401);
+}
+
+#[tokio::test]
+async fn claimed_escalations_stay_in_the_default_list() {
+    let addr = server();
+    let (_s, esc) = escalated(addr, None, "Can I pay with PayPal?").await;
+    agent_call(
+        addr,
+        "POST",
+        &format!("/v1/agent/escalations/{esc}/claim"),
+        None,
+    );
+    let listed = |q: &str| {
+        agent_call(addr, "GET", &format!("/v1/agent/escalations{q}"), None)["escalations"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|e| e["id"] == esc.as_str())
+    };
+    assert!(listed(""), "claimed is in the default (active) list");
+    assert!(listed("?status=claimed"));
+    assert!(!listed("?status=open"));
+    agent_call(
+        addr,
+        "POST",
+        &format!("/v1/agent/escalations/{esc}/resolve"),
+        None,
+    );
+    assert!(!listed(""), "resolved ones are behind a filter");
+    assert!(listed("?status=resolved"));
+    let (st, _) = http(
+        "GET",
+        addr,
+        "/v1/agent/escalations?status=bogus",
+        Some(AGENT_TOKEN),
+        None,
+    )
+    .expect("http");
+    assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn search_finds_messages_and_customers_and_refuses_bad_queries() {
+    let addr = server();
+    let tag = format!("zq{}", fastrand::u32(..));
+    let customer = format!("srch_{tag}");
+    let (s, esc) = escalated(
+        addr,
+        Some(&customer),
+        &format!("Is the {tag} scarf in stock?"),
+    )
+    .await;
+    let get = |q: &str| agent_call(addr, "GET", &format!("/v1/agent/search?q={q}"), None);
+    let v = get(&tag);
+    let hits = v["hits"].as_array().expect("hits");
+    assert!(!hits.is_empty(), "{v}");
+    let msg = hits
+        .iter()
+        .find(|h| h["message_id"].is_string())
+        .expect("a message hit");
+    assert_eq!(msg["conversation_id"], s.conversation_id.as_str());
+    assert_eq!(msg["escalation_id"], esc.as_str());
+    assert_eq!(msg["customer_id"], customer.as_str());
+    assert!(msg["text"].as_str().expect("text").contains(&tag));
+    // By customer id (case-insensitive); `_` is literal, `%` too.
+    let v = get(&format!("SRCH_{tag}"));
+    assert!(
+        v["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .any(|h| h["customer_id"] == customer.as_str() && h["message_id"].is_null()),
+        "{v}"
+    );
+    let v = get(&format!("srch%25{tag}"));
+    assert_eq!(v["hits"], json!([]), "% is not a wildcard: {v}");
+    // Newest first, at most 50.
+    let v = get("the");
+    let hits = v["hits"].as_array().expect("hits");
+    assert!(hits.len() <= 50);
+    let times: Vec<i64> = hits
+        .iter()
+        .map(|h| h["created_at"].as_i64().expect("t"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    // Bad queries.
+    for q in [
+        "",
+        "?q=",
+        "?q=a",
+        &format!("?q={}", "a".repeat(201)),
+        "?q=ok&x=1",
+    ] {
+        let (st, v) = http(
+            "GET",
+            addr,
+            &format!("/v1/agent/search{q}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .expect("http");
+        assert_eq!(st, 400, "{q}: {v}");
+    }
+    let (st, _) = http("GET", addr, "/v1/agent/search?q=refund", None, None).expect("http");
+    assert_eq!(st, 401);
 }

@@ -67,6 +67,14 @@ test("shopper asks a question and gets a reply with product cards; keyboard and 
     assert.match(href, /\/products\/jp-\d{3}$/);
     assert.match(await card.locator(".price").textContent(), /\$\d+/);
     assert.ok(await card.locator("img").evaluate((img) => img.complete && img.naturalWidth > 0), "product picture loads");
+    // The newest cards and quick replies are scrolled into view, not left below the log's edge.
+    await page.waitForFunction(() => {
+      const log = document.querySelector("#shopdesk-widget").shadowRoot.querySelector(".log");
+      const cards = log.querySelectorAll(".cards");
+      const last = cards[cards.length - 1];
+      const a = log.getBoundingClientRect(), b = last.getBoundingClientRect();
+      return b.top >= a.top - 1 && b.bottom <= a.bottom + 1;
+    }, null, { timeout: 5000 });
     // Feedback on an answer.
     await page.locator(`${W.log} >> .fb button[aria-label="Helpful"]`).first().click();
     await page.locator(`${W.log} >> .fb button[aria-pressed=true]`).first().waitFor();
@@ -82,6 +90,15 @@ test("shopper asks a question and gets a reply with product cards; keyboard and 
     await page.locator(W.bubble).click();
     await page.locator(`${W.log} >> .msg.shopper`).filter({ hasText: "linen shirt" }).waitFor();
     assert.equal(await page.locator(`${W.log} >> .msg.shopper`).count(), 2);
+
+    // "Ask about this product": the widget says which product, offers questions about it, and
+    // "Is it in stock?" is answered for that product.
+    await page.locator("#detail button").click();
+    await page.locator(`${W.log} >> .sys`).filter({ hasText: "Asking about: Linen Shirt" }).waitFor();
+    await page.locator(`${W.log} >> .quick button`).filter({ hasText: "Is it in stock?" }).last().click();
+    const stock = page.locator(`${W.log} >> .msg.bot`).filter({ hasText: /Linen Shirt/i }).filter({ hasText: /stock/i });
+    await stock.waitFor();
+    await page.locator(W.input).press("Escape");
 
     // Phone: the open panel fills the screen.
     const phone = await browser.newContext({ viewport: { width: 375, height: 667 }, isMobile: true, hasTouch: true });
@@ -131,6 +148,11 @@ test("an escalation reaches the console live; the agent claims, replies and reso
 
     await agent.locator("#claim").click();
     await shopper.locator(`${W.log} >> .sys`).filter({ hasText: `${AGENT} joined the chat` }).waitFor();
+    // A person has the chat: the shopper's next message shows no "assistant is typing".
+    await ask(shopper, "ok, thank you");
+    await agent.locator("#messages li.shopper").filter({ hasText: "ok, thank you" }).waitFor();
+    await shopper.waitForTimeout(300);
+    assert.equal((await shopper.locator("#shopdesk-widget >> .typing").textContent()).trim(), "", "no typing line while an agent has the chat");
 
     // The shopper closes the chat; the agent's reply raises the unread badge.
     await shopper.locator(W.bubble).click();
@@ -158,6 +180,127 @@ test("an escalation reaches the console live; the agent claims, replies and reso
     await agent.locator("#chat-meta").filter({ hasText: "status resolved" }).waitFor();
     assert.deepEqual(problems, []);
   } finally {
+    await shopperCtx.close();
+    await agentCtx.close();
+    await server.stop();
+  }
+});
+
+/** A signed-in shopper: the shop's widget tag carries `data-customer` (set before the widget runs). */
+async function signedInShopper(ctx, customer) {
+  await ctx.addInitScript((cid) => {
+    new MutationObserver((_, obs) => {
+      const s = document.querySelector("script[src*='widget.js']");
+      if (s) { s.dataset.customer = cid; obs.disconnect(); }
+    }).observe(document, { childList: true, subtree: true });
+  }, customer);
+}
+
+test("the console: customer history, a canned reply edited and sent, an internal note the shopper never sees, search", async () => {
+  const server = await startServer({ db: tempDb() });
+  const problems = [];
+  const customer = "c-web-0042";
+  const earlierCtx = await browser.newContext();
+  const shopperCtx = await browser.newContext({ viewport: { width: 1000, height: 800 } });
+  const agentCtx = await browser.newContext({ viewport: { width: 1280, height: 760 } });
+  const note = "Checked with the warehouse: refund approved, label sent by e-mail.";
+  try {
+    await signedInShopper(earlierCtx, customer);
+    await signedInShopper(shopperCtx, customer);
+    // An earlier conversation of the same customer (another browser: a new conversation).
+    const earlier = await watchedPage(earlierCtx, problems);
+    await earlier.goto(server.url + "/");
+    await earlier.locator(W.bubble).click();
+    await ask(earlier, "Where is my order 4451-23?");
+    await earlier.locator(`${W.log} >> .msg.bot`).first().waitFor();
+    await ask(earlier, "I want to talk to a real person");
+    await earlier.locator(`${W.log} >> .sys`).filter({ hasText: "A person from our team will join" }).waitFor();
+
+    // Today's conversation.
+    const shopper = await watchedPage(shopperCtx, problems);
+    await shopper.goto(server.url + "/");
+    await shopper.locator(W.bubble).click();
+    await ask(shopper, "Hello");
+    await shopper.locator(`${W.log} >> .msg.bot`).first().waitFor();
+    // A transcript longer than the pane, to see where its newest message ends up.
+    const questions = ["How long does delivery take?", "Do you ship to Canada?", "What is your return policy?",
+      "Can I pay with PayPal?", "What are your opening hours?"];
+    for (const [i, q] of questions.entries()) {
+      await ask(shopper, q);
+      await shopper.locator(`${W.log} >> .msg.bot`).nth(i + 1).waitFor();
+    }
+    await ask(shopper, "The linen shirt I got has a hole in it. I want to talk to a real person");
+    await shopper.locator(`${W.log} >> .sys`).filter({ hasText: "A person from our team will join" }).waitFor();
+
+    const agent = await watchedPage(agentCtx, problems);
+    await signIn(agent, server.url);
+    // The queue names the customer and previews what the shopper wrote (not the bot's text).
+    const item = agent.locator("#queue li").filter({ hasText: "has a hole" });
+    await item.waitFor();
+    assert.match(await item.textContent(), new RegExp(customer));
+    assert.equal(await agent.locator("#queue li").filter({ hasText: "Anonymous shopper" }).count(), 0);
+    assert.doesNotMatch(await agent.locator("#queue").textContent(), /A person from our team/);
+    await item.locator("button").click();
+    await agent.locator("#messages li.shopper").filter({ hasText: "has a hole" }).waitFor();
+
+    // Customer history beside the transcript: the earlier conversation, its first message.
+    const past = agent.locator("#history-list li").filter({ hasText: "Where is my order 4451-23?" });
+    await past.waitFor();
+    assert.equal(await agent.locator("#history-list li").count(), 1);
+
+    await agent.locator("#claim").click();
+    await agent.locator("#chat-meta").filter({ hasText: "status claimed" }).waitFor();
+    // Claimed chats stay in the default list.
+    await agent.locator("#queue li").filter({ hasText: "has a hole" }).locator(".badge.status-claimed").waitFor();
+
+    // The newest message sits above the reply box, not under it; claim/resolve stay in view.
+    const last = await agent.locator("#messages li").last().boundingBox();
+    const composer = await agent.locator(".composer").boundingBox();
+    assert.ok(last.y + last.height <= composer.y + 1, `last message ${JSON.stringify(last)} vs composer ${JSON.stringify(composer)}`);
+    await agent.locator("#messages").evaluate((ol) => { ol.scrollTop = 0; });
+    const resolveBox = await agent.locator("#resolve").boundingBox();
+    assert.ok(resolveBox && resolveBox.y >= 0 && resolveBox.y + resolveBox.height <= 760, `resolve at ${JSON.stringify(resolveBox)}`);
+    assert.ok(await agent.locator("#resolve").isVisible());
+
+    // A canned reply goes into the reply box; the agent edits it and sends it.
+    await agent.locator("#canned").selectOption({ label: "Refund issued" });
+    const inserted = await agent.locator("#reply").inputValue();
+    assert.match(inserted, /issued your refund for order \[order number\]/);
+    await agent.locator("#reply").fill(inserted.replace("[order number]", "JP-44512"));
+    await agent.locator("#send").click();
+    await shopper.locator(`${W.log} >> .msg.agent`).filter({ hasText: "issued your refund for order JP-44512" }).waitFor();
+    await agent.locator("#messages li.agent").filter({ hasText: "JP-44512" }).waitFor();
+    assert.equal(await agent.locator("#reply").inputValue(), "");
+
+    // An internal note: shown in the console as internal, never in the widget.
+    await agent.locator("#note").fill(note);
+    await agent.locator("#add-note").click();
+    const noteLi = agent.locator("#messages li.note").filter({ hasText: note });
+    await noteLi.waitFor();
+    assert.match(await noteLi.locator(".who").textContent(), /Internal note · Alex/);
+    assert.equal(await agent.locator("#note").inputValue(), "");
+    await agent.waitForTimeout(500);
+    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /warehouse/);
+    // Nor after the widget reloads the conversation from the server.
+    await shopper.reload();
+    await shopper.locator(W.bubble).click();
+    await shopper.locator(`${W.log} >> .msg.agent`).filter({ hasText: "JP-44512" }).waitFor();
+    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /warehouse/);
+    await agent.screenshot({ path: screenshotPath("console-tools.png") });
+
+    // Search: a hit in the earlier conversation opens it.
+    await agent.locator("#search").fill("4451-23");
+    await agent.locator("#search-form button[type=submit]").click();
+    const hit = agent.locator("#search-results li").filter({ hasText: "Where is my order 4451-23?" }).first();
+    await hit.waitFor();
+    await hit.locator("button").click();
+    await agent.locator("#messages li.shopper").filter({ hasText: "Where is my order 4451-23?" }).waitFor();
+    assert.equal(await agent.locator("#messages li.note").count(), 0, "notes belong to their own conversation");
+    await agent.locator("#search-clear").click();
+    await agent.locator("#queue li").first().waitFor();
+    assert.deepEqual(problems, []);
+  } finally {
+    await earlierCtx.close();
     await shopperCtx.close();
     await agentCtx.close();
     await server.stop();

@@ -5,7 +5,8 @@
   var $ = function (id) { return document.getElementById(id); };
   var KEY = "shopdesk.agent-token";
   var token = null, me = null, labels = { intent: [], sentiment: [] };
-  var items = [], fetchedAt = 0, current = null, transcript = null;
+  var items = [], fetchedAt = 0, current = null, transcript = null, shownConversation = null;
+  var canned = [], historyFor = null;
   var stream = null, streamAttempt = 0, refreshTimer = null;
 
   function el(tag, attrs, kids) {
@@ -47,6 +48,7 @@
       $("app").hidden = false;
       $("me").hidden = false;
       loadQueue();
+      loadCanned();
       openStream();
     });
   }
@@ -133,12 +135,12 @@
         onclick: function () { select(it.id); } }, [
         el("span", { class: "row1" }, [el("span", { text: it.customer_id || "Anonymous shopper" }), wait]),
         el("span", null, [
-          it.sentiment ? badge(it.sentiment, it.sentiment) : null,
+          it.sentiment ? badge(it.sentiment + (it.sentiment === "negative" ? pct(it.negativity) : ""), it.sentiment) : null,
           it.intent ? badge(it.intent) : null,
           badge(it.reason.replace(/_/g, " ")),
           it.status !== "open" ? badge(it.status + (it.agent ? " · " + it.agent : ""), "status-" + it.status) : null
         ]),
-        el("span", { class: "last", text: it.last_message || "" })
+        el("span", { class: "last", text: it.last_message ? "“" + it.last_message + "”" : "" })
       ]);
       ul.appendChild(el("li", { "data-escalation": it.id }, [btn]));
     });
@@ -158,7 +160,7 @@
   }
 
   function loadTranscript(id) {
-    api("GET", "/escalations/" + encodeURIComponent(id)).then(function (j) {
+    return api("GET", "/escalations/" + encodeURIComponent(id)).then(function (j) {
       if (current !== id) return;
       transcript = j;
       renderTranscript();
@@ -185,12 +187,36 @@
     $("send").disabled = !mine;
     $("reply").placeholder = mine ? "Write to the shopper…" : e.status === "claimed" ? "Claimed by " + e.agent : "Claim the conversation to reply";
 
+    $("canned").disabled = !mine;
+
+    // Stay at the newest message when the agent was there (or opens another conversation);
+    // leave the scroll alone while they read further up.
     var ol = $("messages");
-    var atBottom = ol.lastChild == null || window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    var fresh = shownConversation !== c.id;
+    var atBottom = fresh || ol.scrollTop + ol.clientHeight >= ol.scrollHeight - 40;
+    shownConversation = c.id;
     while (ol.firstChild) ol.removeChild(ol.firstChild);
-    transcript.messages.forEach(function (m) { ol.appendChild(messageItem(m)); });
+    timeline(transcript.messages, transcript.notes || []).forEach(function (x) {
+      ol.appendChild(x.note ? noteItem(x.note) : messageItem(x.message));
+    });
     drawTrend(transcript.messages);
-    if (atBottom && ol.lastChild) ol.lastChild.scrollIntoView({ block: "nearest" });
+    if (atBottom) ol.scrollTop = ol.scrollHeight;
+    if (historyFor !== c.id) loadHistory(c);
+  }
+
+  // Messages and internal notes in one list, by time (a note written between two messages
+  // sits between them).
+  function timeline(messages, notes) {
+    var out = messages.map(function (m) { return { at: m.created_at, message: m }; });
+    notes.forEach(function (n) { out.push({ at: n.created_at, note: n }); });
+    return out.sort(function (a, b) { return a.at - b.at; });
+  }
+
+  function noteItem(n) {
+    return el("li", { class: "note", "data-note": n.id }, [
+      el("span", { class: "who", text: "Internal note · " + n.agent + " · " + new Date(n.created_at).toLocaleTimeString() }),
+      el("div", { class: "text", text: n.text })
+    ]);
   }
 
   function messageItem(m) {
@@ -299,6 +325,118 @@
   $("reply").addEventListener("keydown", function (e) {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("reply-form").requestSubmit();
   });
+
+  // --- canned replies -----------------------------------------------------------------------
+  function loadCanned() {
+    api("GET", "/canned").then(function (j) {
+      canned = j.replies || [];
+      var sel = $("canned");
+      while (sel.options.length > 1) sel.remove(1);
+      canned.forEach(function (r, i) { sel.appendChild(el("option", { value: String(i), text: r.title })); });
+      $("canned-tools").hidden = canned.length === 0;
+    }).catch(function () {});
+  }
+  // The text goes into the reply box at the cursor (replacing a selection) for the agent to
+  // edit; nothing is sent until they press Send.
+  $("canned").addEventListener("change", function () {
+    var r = canned[Number(this.value)];
+    this.value = "";
+    if (!r) return;
+    var box = $("reply");
+    var start = box.selectionStart, end = box.selectionEnd, v = box.value;
+    if (start == null) { start = end = v.length; }
+    box.value = v.slice(0, start) + r.text + v.slice(end);
+    box.focus();
+    box.setSelectionRange(start + r.text.length, start + r.text.length);
+  });
+
+  // --- internal notes -----------------------------------------------------------------------
+  $("note-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var text = $("note").value.trim();
+    if (!text || !current) return;
+    var id = current;
+    $("chat-error").textContent = "";
+    api("POST", "/escalations/" + encodeURIComponent(id) + "/notes", { text: text })
+      .then(function () {
+        $("note").value = "";
+        return loadTranscript(id);
+      })
+      .then(function () { var ol = $("messages"); ol.scrollTop = ol.scrollHeight; })
+      .catch(function (x) { $("chat-error").textContent = x.message; });
+  });
+  $("note").addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("note-form").requestSubmit();
+  });
+
+  // --- customer history ---------------------------------------------------------------------
+  function loadHistory(c) {
+    historyFor = c.id;
+    var list = $("history-list");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    if (!c.customer_id) { $("history").hidden = true; return; }
+    $("history").hidden = false;
+    $("history-who").textContent = "Other conversations of " + c.customer_id;
+    $("history-empty").hidden = true;
+    api("GET", "/customers/" + encodeURIComponent(c.customer_id) + "/conversations?except=" + encodeURIComponent(c.id))
+      .then(function (j) {
+        if (historyFor !== c.id) return;
+        var convs = j.conversations || [];
+        $("history-empty").hidden = convs.length > 0;
+        convs.forEach(function (h) { list.appendChild(historyItem(h)); });
+      })
+      .catch(function (x) { $("history-who").textContent = x.message; });
+  }
+  function historyItem(h) {
+    var attrs = { type: "button" };
+    if (h.escalation_id) attrs.onclick = function () { select(h.escalation_id); };
+    else { attrs.disabled = "disabled"; attrs.title = "Answered by the bot: no escalation to open"; }
+    return el("li", { "data-conversation": h.id }, [el("button", attrs, [
+      el("span", { class: "row1" }, [
+        el("span", { class: "date", text: new Date(h.created_at).toLocaleString() }),
+        badge(h.status, "status-" + h.status)
+      ]),
+      el("span", { class: "last", text: h.first_message ? "“" + h.first_message + "”" : "(no message)" }),
+      el("span", { class: "meta", text: h.message_count + (h.message_count === 1 ? " message" : " messages") })
+    ])]);
+  }
+
+  // --- search -------------------------------------------------------------------------------
+  $("search-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var q = $("search").value.trim();
+    $("search-error").textContent = "";
+    var list = $("search-results");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    $("search-box").hidden = false;
+    $("queue-box").hidden = true;
+    if (q.length < 2) { $("search-summary").textContent = ""; $("search-error").textContent = "Type at least 2 characters."; return; }
+    $("search-summary").textContent = "Searching…";
+    api("GET", "/search?q=" + encodeURIComponent(q)).then(function (j) {
+      var hits = j.hits || [];
+      $("search-summary").textContent = hits.length + (hits.length === 1 ? " result" : " results") + " for “" + q + "”";
+      hits.forEach(function (h) { list.appendChild(hitItem(h)); });
+    }).catch(function (x) { $("search-summary").textContent = ""; $("search-error").textContent = x.message; });
+  });
+  $("search-clear").addEventListener("click", function () {
+    $("search").value = "";
+    $("search-box").hidden = true;
+    $("queue-box").hidden = false;
+  });
+  function hitItem(h) {
+    var attrs = { type: "button" };
+    if (h.escalation_id) attrs.onclick = function () { select(h.escalation_id); };
+    else { attrs.disabled = "disabled"; attrs.title = "Answered by the bot: no escalation to open"; }
+    var what = h.message_id ? (h.role === "shopper" ? "shopper" : h.role === "agent" ? "agent" : "bot") : "customer";
+    return el("li", { "data-hit": h.message_id || h.conversation_id }, [el("button", attrs, [
+      el("span", { class: "row1" }, [
+        el("span", { text: h.customer_id || "Anonymous shopper" }),
+        el("span", { class: "date", text: new Date(h.created_at).toLocaleString() })
+      ]),
+      el("span", null, [badge(what), h.escalation_id ? null : badge("no escalation")]),
+      el("span", { class: "last", text: h.text || "" })
+    ])]);
+  }
 
   var saved = sessionStorage.getItem(KEY);
   if (saved) signIn(saved).catch(function () {});

@@ -68,7 +68,9 @@
       el("p", { text: p.in_stock === false ? "Sold out for now. Ask the assistant when it is back." : "In stock. Free returns within 30 days." }),
       el("button", { type: "button", text: "Ask about this product" })
     ]));
-    d.querySelector("button").addEventListener("click", function () { if (window.shopdeskWidget) window.shopdeskWidget.open(); });
+    d.querySelector("button").addEventListener("click", function () {
+      if (window.shopdeskWidget) window.shopdeskWidget.open({ product: p.id, title: p.title });
+    });
     fetch("/v1/products/" + encodeURIComponent(id) + "/similar?k=8").then(function (r) { return r.ok ? r.json() : { items: [] }; })
       .then(function (j) { show(j.items.map(function (s) { return Object.assign({ in_stock: true }, s); }), "Shoppers also looked at"); });
   }

@@ -19,14 +19,15 @@
       resolved: "The conversation was marked as solved. The assistant is back.", connecting: "Connecting…",
       reconnecting: "Connection lost. Reconnecting…", escalated: "A person from our team will join.",
       unread: "{n} unread", you: "You", intro: "Hi! Ask me about your order, returns, sizes or our products.", bot: "Assistant", suggestions: "You may like", log: "Chat messages",
-      error: "Something went wrong: {message}" },
+      error: "Something went wrong: {message}", about: "Asking about: {title}",
+      qStock: "Is it in stock?", qPrice: "How much is it?", qSizes: "What sizes does it come in?" },
     de: { open: "Chatten Sie mit uns", close: "Chat schließen", title: "Shop-Assistent", placeholder: "Ihre Nachricht…",
       send: "Senden", typing: "Der Assistent schreibt…", helpful: "Hilfreich", unhelpful: "Nicht hilfreich",
       thanks: "Danke für Ihr Feedback.", joined: "{agent} ist dem Chat beigetreten.", agent: "Mitarbeiter",
       resolved: "Das Gespräch wurde als gelöst markiert. Der Assistent ist zurück.", connecting: "Verbinde…",
       reconnecting: "Verbindung unterbrochen. Verbinde neu…", escalated: "Jemand aus unserem Team meldet sich.",
       unread: "{n} ungelesen", you: "Sie", intro: "Hallo! Fragen Sie mich zu Bestellung, Rücksendung, Größen oder Produkten.", bot: "Assistent", suggestions: "Das könnte Ihnen gefallen",
-      log: "Chatnachrichten", error: "Etwas ist schiefgelaufen: {message}" },
+      log: "Chatnachrichten", error: "Etwas ist schiefgelaufen: {message}", about: "Frage zu: {title}" },
     fr: { open: "Discuter avec nous", close: "Fermer le chat", title: "Assistant de la boutique",
       placeholder: "Votre message…", send: "Envoyer", typing: "L'assistant écrit…", helpful: "Utile",
       unhelpful: "Pas utile", thanks: "Merci pour votre avis.", joined: "{agent} a rejoint la conversation.",
@@ -34,14 +35,14 @@
       connecting: "Connexion…", reconnecting: "Connexion perdue. Reconnexion…",
       escalated: "Une personne de notre équipe va vous répondre.", unread: "{n} non lus", you: "Vous", intro: "Bonjour ! Posez-moi vos questions sur une commande, un retour, les tailles ou nos produits.",
       bot: "Assistant", suggestions: "Vous aimerez peut-être", log: "Messages du chat",
-      error: "Une erreur est survenue : {message}" },
+      error: "Une erreur est survenue : {message}", about: "Question sur : {title}" },
     es: { open: "Chatea con nosotros", close: "Cerrar chat", title: "Asistente de la tienda",
       placeholder: "Escribe tu mensaje…", send: "Enviar", typing: "El asistente está escribiendo…",
       helpful: "Útil", unhelpful: "No útil", thanks: "Gracias por tu opinión.", joined: "{agent} se unió al chat.",
       agent: "Agente", resolved: "La conversación se resolvió. El asistente ha vuelto.", connecting: "Conectando…",
       reconnecting: "Conexión perdida. Reconectando…", escalated: "Una persona de nuestro equipo se unirá.",
       unread: "{n} sin leer", you: "Tú", intro: "¡Hola! Pregúntame por tu pedido, devoluciones, tallas o productos.", bot: "Asistente", suggestions: "Te puede gustar", log: "Mensajes del chat",
-      error: "Algo salió mal: {message}" }
+      error: "Algo salió mal: {message}", about: "Pregunta sobre: {title}" }
   };
   var locale = (ds.locale || document.documentElement.lang || navigator.language || "en").toLowerCase();
   var T = STRINGS[locale] || STRINGS[locale.split("-")[0]] || STRINGS.en;
@@ -223,12 +224,14 @@
       var href = safeUrl(p.url || "#") || "#";
       var img = p.image && safeUrl(p.image);
       box.appendChild(el("a", { class: "card", href: href, role: "listitem" }, [
-        img ? el("img", { src: img, alt: "", loading: "lazy" }) : null,
+        img ? el("img", { src: img, alt: "", loading: "lazy", onload: scroll }) : null,
         el("span", { class: "name", text: p.title }),
         el("span", { class: "price", text: money(p.price, p.currency) })
       ]));
     });
     log.appendChild(box);
+    // Cards come after the reply: scroll again so they are in view, not below the fold.
+    scroll();
   }
 
   function quick(replies) {
@@ -237,6 +240,7 @@
       box.appendChild(el("button", { type: "button", text: q, onclick: function () { box.remove(); send(q); } }));
     });
     log.appendChild(box);
+    scroll();
   }
 
   function feedback(msgEl, id) {
@@ -262,6 +266,9 @@
   var ws = null, ready = false, attempt = 0, timer = null, seq = 0;
   var outbox = []; // {id, text}: sent or waiting, until the server answers for them
   var lastStatus = "bot";
+  // The product page the chat was opened from ("Ask about this product"): sent with each
+  // message so "is it in stock?" is about it.
+  var pageProduct = null;
 
   function storage() { try { return window.localStorage; } catch (e) { return null; } }
   function token() { var s = storage(); return s ? s.getItem(KEY) : null; }
@@ -307,8 +314,14 @@
     var id = "w" + Date.now().toString(36) + "-" + (++seq);
     outbox.push({ id: id, text: text });
     bubbleMsg("shopper", text);
-    if (ready) sendFrame({ type: "message", id: id, text: text });
+    if (ready) sendFrame(messageFrame(id, text));
     else connect();
+  }
+
+  function messageFrame(id, text) {
+    var f = { type: "message", id: id, text: text };
+    if (pageProduct) f.product = pageProduct;
+    return f;
   }
 
   function setWho(st, agent) {
@@ -325,10 +338,11 @@
         saveToken(f.session);
         renderHistory(f.history || [], f.status);
         // Messages the server never stored go out again; stored ones are in the history.
-        outbox.forEach(function (m) { sendFrame({ type: "message", id: m.id, text: m.text }); });
+        outbox.forEach(function (m) { sendFrame(messageFrame(m.id, m.text)); });
         break;
       case "typing":
-        typing.textContent = t("typing");
+        // A person has the chat: the assistant is not the one typing.
+        if (lastStatus !== "claimed") typing.textContent = t("typing");
         break;
       case "reply":
         typing.textContent = "";
@@ -341,14 +355,17 @@
         noteUnread();
         break;
       case "ack":
+        typing.textContent = "";
         done(f.reply_to);
         break;
       case "agent_joined":
+        typing.textContent = "";
         setWho("claimed", f.agent);
         sys(t("joined", { agent: f.agent }));
         noteUnread();
         break;
       case "agent_message":
+        typing.textContent = "";
         bubbleMsg("agent", f.text, f.agent);
         noteUnread();
         break;
@@ -380,9 +397,25 @@
     outbox = outbox.filter(function (m) { return !answered[m.id]; });
     outbox.forEach(function (m) { bubbleMsg("shopper", m.text); });
     setWho(st, null);
+    if (pageProduct) showAbout();
   }
 
-  window.shopdeskWidget = { open: function () { setOpen(true); }, close: function () { setOpen(false); } };
+  // open({product: id, title: "…"}): the shop's "Ask about this product" button.
+  var pageTitle = null;
+  function showAbout() {
+    sys(t("about", { title: pageTitle || pageProduct }));
+    quick([t("qStock"), t("qPrice"), t("qSizes")]);
+  }
+  function openAbout(opts) {
+    if (opts && opts.product && opts.product !== pageProduct) {
+      pageProduct = String(opts.product);
+      pageTitle = opts.title ? String(opts.title) : null;
+      // Before the welcome the log is redrawn from the history, which shows it then.
+      if (ready) showAbout();
+    }
+    setOpen(true);
+  }
+  window.shopdeskWidget = { open: openAbout, close: function () { setOpen(false); } };
   function mount() {
     document.body.appendChild(host);
     // A shopper with a conversation going gets it back (and its unread agent replies) at once.
