@@ -127,7 +127,14 @@ impl Queue {
         }
         q.push_back(cmd);
         drop(st);
-        self.ready.notify_one();
+        // Any worker takes chat work, so waking one is enough. Batch work is taken only by
+        // workers allowed to (not the chat-only one): waking one could wake the chat-only
+        // worker, which would go back to sleep and leave the batch waiting for an unrelated
+        // wake-up (a start-up catalog embedding once waited minutes that way).
+        match lane {
+            Lane::Chat => self.ready.notify_one(),
+            Lane::Batch => self.ready.notify_all(),
+        }
         Ok(())
     }
 
@@ -539,6 +546,30 @@ mod tests {
             chunk_ranges(&[], 512),
             std::iter::once(0..0).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn batch_work_wakes_a_worker_allowed_to_take_it() {
+        // The chat-only worker waits first, so a wake-one would reach it, not the batch worker.
+        let q = Arc::new(Queue::new(8, 8, 1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for allow_batch in [false, true] {
+            let (q, tx) = (q.clone(), tx.clone());
+            std::thread::spawn(move || {
+                while let Some((b, lane)) = q.pop(1_000, allow_batch) {
+                    if lane == Lane::Batch {
+                        q.batch_done();
+                    }
+                    let _ = tx.send((allow_batch, first_text(&b)));
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (b, _r) = cmd("batch");
+        q.push(Lane::Batch, b).expect("queued");
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        q.close();
+        assert_eq!(got.ok(), Some((true, "batch".to_string())));
     }
 
     #[test]
