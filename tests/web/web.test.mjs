@@ -203,6 +203,7 @@ test("the console: customer history, a canned reply edited and sent, an internal
   const earlierCtx = await browser.newContext();
   const shopperCtx = await browser.newContext({ viewport: { width: 1000, height: 800 } });
   const agentCtx = await browser.newContext({ viewport: { width: 1280, height: 760 } });
+  // Its own words, not "warehouse": the bot's delivery answer says that too.
   const note = "Checked with the warehouse: refund approved, label sent by e-mail.";
   try {
     await signedInShopper(earlierCtx, customer);
@@ -280,12 +281,12 @@ test("the console: customer history, a canned reply edited and sent, an internal
     assert.match(await noteLi.locator(".who").textContent(), /Internal note · Alex/);
     assert.equal(await agent.locator("#note").inputValue(), "");
     await agent.waitForTimeout(500);
-    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /warehouse/);
+    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /refund approved, label sent/);
     // Nor after the widget reloads the conversation from the server.
     await shopper.reload();
     await shopper.locator(W.bubble).click();
     await shopper.locator(`${W.log} >> .msg.agent`).filter({ hasText: "JP-44512" }).waitFor();
-    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /warehouse/);
+    assert.doesNotMatch(await shopper.locator(W.log).textContent(), /refund approved, label sent/);
     await agent.screenshot({ path: screenshotPath("console-tools.png") });
 
     // Search: a hit in the earlier conversation opens it.

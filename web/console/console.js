@@ -6,6 +6,13 @@
   var KEY = "shopdesk.agent-token";
   var token = null, me = null, labels = { intent: [], sentiment: [] };
   var items = [], fetchedAt = 0, current = null, transcript = null, shownConversation = null;
+  var pinnedToBottom = true, programmaticTop = -1;
+  // Scrolls the transcript to its newest message and remembers that the agent is there.
+  function toBottom(ol) {
+    ol.scrollTop = ol.scrollHeight;
+    programmaticTop = ol.scrollTop;
+    pinnedToBottom = true;
+  }
   var canned = [], historyFor = null;
   var stream = null, streamAttempt = 0, refreshTimer = null;
 
@@ -193,14 +200,14 @@
     // leave the scroll alone while they read further up.
     var ol = $("messages");
     var fresh = shownConversation !== c.id;
-    var atBottom = fresh || ol.scrollTop + ol.clientHeight >= ol.scrollHeight - 40;
+    var atBottom = fresh || pinnedToBottom;
     shownConversation = c.id;
     while (ol.firstChild) ol.removeChild(ol.firstChild);
     timeline(transcript.messages, transcript.notes || []).forEach(function (x) {
       ol.appendChild(x.note ? noteItem(x.note) : messageItem(x.message));
     });
     drawTrend(transcript.messages);
-    if (atBottom) ol.scrollTop = ol.scrollHeight;
+    if (atBottom) toBottom(ol);
     if (historyFor !== c.id) loadHistory(c);
   }
 
@@ -362,9 +369,29 @@
         $("note").value = "";
         return loadTranscript(id);
       })
-      .then(function () { var ol = $("messages"); ol.scrollTop = ol.scrollHeight; })
+      .then(function () { toBottom($("messages")); })
       .catch(function (x) { $("chat-error").textContent = x.message; });
   });
+  // Whether the agent is at the newest message. Kept from scroll events rather than measured
+  // at render time: claiming enables the reply tools, the composer grows, the list shrinks, and
+  // a measurement then would read "scrolled up" and leave the newest message under the
+  // composer. While pinned, a resize keeps the newest message in view. (The list has
+  // `overflow-anchor: none`: Chrome's scroll anchoring would otherwise move the scroll when the
+  // history pane narrows it.)
+  (function () {
+    var ol = $("messages");
+    ol.addEventListener("scroll", function () {
+      // Our own scroll's event arrives a frame later, after the layout may have grown (the
+      // history pane narrows the list): it says nothing about where the agent wants to be.
+      if (ol.scrollTop === programmaticTop) return;
+      pinnedToBottom = ol.scrollTop + ol.clientHeight >= ol.scrollHeight - 40;
+    });
+    if (window.ResizeObserver) {
+      new ResizeObserver(function () {
+        if (pinnedToBottom) toBottom(ol);
+      }).observe(ol);
+    }
+  })();
   $("note").addEventListener("keydown", function (e) {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("note-form").requestSubmit();
   });
