@@ -298,10 +298,19 @@ fn same_word(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    let long = a.chars().count().min(b.chars().count()) >= 5;
-    (long && strsim::damerau_levenshtein(a, b) <= 1)
-        || forms(a).iter().any(|f| f == b)
-        || forms(b).iter().any(|f| f == a)
+    // This runs for every word of a message against every catalog word, each turn: reject
+    // cheaply before the edit distance and the allocating plural forms. One typo changes the
+    // length by at most one; a plural form changes only the ending, by at most two letters.
+    let (la, lb) = (a.chars().count(), b.chars().count());
+    let diff = la.abs_diff(lb);
+    if diff > 2 {
+        return false;
+    }
+    if la.min(lb) >= 5 && diff <= 1 && strsim::damerau_levenshtein(a, b) <= 1 {
+        return true;
+    }
+    a.chars().next() == b.chars().next()
+        && (forms(a).iter().any(|f| f == b) || forms(b).iter().any(|f| f == a))
 }
 
 fn money(price: f64, currency: Option<&str>) -> String {
@@ -931,6 +940,29 @@ mod tests {
 
     fn id(ix: &ProductIndex, i: Option<usize>) -> Option<&str> {
         i.map(|i| ix.products[i].id.as_str())
+    }
+
+    #[test]
+    fn same_word_allows_one_typo_and_plural_forms_only() {
+        for (a, b) in [
+            ("linnen", "linen"),
+            ("sandels", "sandals"),
+            ("sandals", "sandal"),
+            ("dresses", "dress"),
+            ("berries", "berry"),
+            ("scarf", "scarf"),
+        ] {
+            assert!(same_word(a, b) && same_word(b, a), "{a} ~ {b}");
+        }
+        for (a, b) in [
+            ("bag", "bags2"),
+            ("cardigan", "cardigans2x"),
+            ("linen", "linens2"),
+            ("hat", "hot"),
+            ("coat", "boats"),
+        ] {
+            assert!(!same_word(a, b) && !same_word(b, a), "{a} !~ {b}");
+        }
     }
 
     #[test]
