@@ -373,8 +373,8 @@
       .catch(function (x) { $("chat-error").textContent = x.message; });
   });
   // Whether the agent is at the newest message. Kept from scroll events rather than measured
-  // at render time: claiming enables the reply tools, the composer grows, the list shrinks, and
-  // a measurement then would read "scrolled up" and leave the newest message under the
+  // at render time: when the history pane opens it narrows the list, the messages wrap taller,
+  // and a measurement then would read "scrolled up" and leave the newest message under the
   // composer. While pinned, a resize keeps the newest message in view. (The list has
   // `overflow-anchor: none`: Chrome's scroll anchoring would otherwise move the scroll when the
   // history pane narrows it.)
