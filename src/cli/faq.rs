@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use shopdesk::faq::{
     self, eval, FaqEntry, Filler, IntentMode, NluEmbedder, QueryIntent, SearchOptions, SourceInfo,
-    SourceSpec,
+    SourceSpec, VoteOptions,
 };
 use shopdesk::nlu::data::{self, DataSpec};
 use shopdesk::nlu::head::head_dir;
@@ -148,6 +148,10 @@ pub struct TuneArgs {
     min_margin: Option<f32>,
     #[arg(long)]
     sure_cosine: Option<f32>,
+    /// `--queries`: share of the FAQ phrasings' vote in each message's intent, as the chat
+    /// blends it (0 = the intent head alone).
+    #[arg(long, default_value_t = VoteOptions::default().alpha)]
+    vote_alpha: f32,
 }
 
 impl TuneArgs {
@@ -417,10 +421,17 @@ fn query_eval(s: &Settings, path: &Path, json: Option<&Path>, tune: &TuneArgs) -
     // Embedding, accepted intent, the intent distribution.
     type Prepared = (Vec<f32>, Option<String>, Vec<(String, f32)>);
     let mut prepared: Vec<Prepared> = Vec::with_capacity(texts.len());
+    let vote = VoteOptions {
+        alpha: tune.vote_alpha,
+        ..VoteOptions::default()
+    };
     for chunk in texts.chunks(128) {
         let emb = nlu.embed_blocking(chunk.to_vec())?;
         let cls = nlu.classify_blocking(chunk.to_vec())?;
-        for (e, c) in emb.into_iter().zip(cls) {
+        for (e, mut c) in emb.into_iter().zip(cls) {
+            if let Some(p) = c.intent.as_mut() {
+                index.blend_intent(p, &e, &vote);
+            }
             let probs = c
                 .intent
                 .as_ref()
@@ -742,6 +753,9 @@ pub struct AskArgs {
     /// BM25 only, no embedding rerank.
     #[arg(long)]
     no_rerank: bool,
+    /// Share of the FAQ phrasings' vote in the intent (as the chat does; 0 = the head alone).
+    #[arg(long, default_value_t = VoteOptions::default().alpha)]
+    vote_alpha: f32,
     #[arg(long)]
     json: bool,
 }
@@ -780,7 +794,32 @@ pub fn run_ask(a: AskArgs, s: &Settings) -> Result<()> {
         .into_iter()
         .next()
         .context("no embedding")?;
-    let intent = cls.intent.filter(|p| !p.out_of_scope);
+    let vote = VoteOptions {
+        alpha: a.vote_alpha,
+        ..VoteOptions::default()
+    };
+    let voted = index.intent_vote(&emb, vote.k, vote.temperature, vote.min_cosine);
+    if let Some(v) = voted.as_ref().filter(|_| !a.json) {
+        let mut top: Vec<&(String, f32)> = v.probs.iter().filter(|p| p.1 >= 0.05).collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = top.iter().map(|(l, p)| format!("{l} {p:.2}")).collect();
+        println!(
+            "FAQ phrasings' vote: {} (nearest {:.3}, weight {:.2})",
+            top.join(", "),
+            v.top_cosine,
+            v.weight
+        );
+    }
+    let intent = cls.intent.filter(|p| !p.out_of_scope).map(|mut p| {
+        let head = p.label.clone();
+        if index.blend_intent(&mut p, &emb, &vote) && !a.json {
+            println!(
+                "head's intent: {head} ({:.2}), moved by the vote",
+                p.confidence
+            );
+        }
+        p
+    });
     let opts = SearchOptions {
         k: a.k.max(1),
         rerank: !a.no_rerank,

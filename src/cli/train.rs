@@ -3,10 +3,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use shopdesk::faq::VoteOptions;
 use shopdesk::nlu::data::{DataSpec, Format};
 use shopdesk::nlu::finetune::FinetuneConfig;
 use shopdesk::nlu::head::{head_dir, Arch, Head, TrainConfig};
 use shopdesk::nlu::train::{self as nlu_train, DataSource, EvalOptions, TrainOptions};
+use shopdesk::nlu::Prediction;
 use shopdesk::nlu::{hub, Encoder};
 
 use super::{progress_bar, Settings};
@@ -327,6 +329,18 @@ pub struct EvalArgs {
     /// Head folder (default: <models-root>/heads/<task>).
     #[arg(long)]
     head_dir: Option<PathBuf>,
+    /// Intent: blend the phrasings' vote of this FAQ index into each accepted prediction, as
+    /// the chat does with its index (`--vote-alpha` its share).
+    #[arg(long)]
+    faq_vote: Option<PathBuf>,
+    #[arg(long, default_value_t = VoteOptions::default().alpha)]
+    vote_alpha: f32,
+    #[arg(long, default_value_t = VoteOptions::default().k)]
+    vote_k: usize,
+    #[arg(long, default_value_t = VoteOptions::default().temperature)]
+    vote_temperature: f32,
+    #[arg(long, default_value_t = VoteOptions::default().min_cosine)]
+    vote_min_cosine: f32,
     /// Write the JSON report here (default: reports/eval-<task>.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -357,6 +371,21 @@ pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
         oos: sources(&a.oos_data, &a.columns)?,
         all_rows: a.all_rows,
         cache_dir: s.cache_dir.clone(),
+        adjust: match &a.faq_vote {
+            Some(dir) => {
+                let index = std::sync::Arc::new(shopdesk::faq::open(dir, None)?);
+                let vote = VoteOptions {
+                    alpha: a.vote_alpha,
+                    k: a.vote_k,
+                    temperature: a.vote_temperature,
+                    min_cosine: a.vote_min_cosine,
+                };
+                Some(std::sync::Arc::new(move |e: &[f32], p: &mut Prediction| {
+                    index.blend_intent(p, e, &vote);
+                }))
+            }
+            None => None,
+        },
     };
     let bar = progress_bar(0, "embedding");
     let rep = nlu_train::evaluate(enc, &head, &opts, |done, total| {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::dialogue::{
     Decision, Knowledge, KnownAnswer, Policy, ProductRequest, State, Understanding,
 };
-use crate::faq::{self, FaqIndex, Filled, Filler, QueryIntent, SearchOptions};
+use crate::faq::{self, FaqIndex, Filled, Filler, QueryIntent, SearchOptions, VoteOptions};
 use crate::nlu::slots::{SlotExtractor, SlotKind};
 use crate::nlu::{Classification, Nlu, NluConfig};
 use crate::recommend::shopping::{Cues, ProductContext, ProductIndex};
@@ -60,6 +60,9 @@ pub struct Engine {
     /// takes that entry's intent: the shop's own FAQ knows its shoppers' phrasing ("Where is
     /// my order?") better than a head trained on another corpus.
     pub faq_intent_min_cosine: f32,
+    /// An accepted intent is blended with the intents of the FAQ phrasings nearest to the
+    /// message (the shop's own examples know distinctions the head was not taught).
+    pub intent_vote: VoteOptions,
     pub locale: String,
 }
 
@@ -217,6 +220,7 @@ impl Engine {
             cues: Some(cues),
             search: SearchOptions::default(),
             faq_intent_min_cosine: 0.6,
+            intent_vote: VoteOptions::default(),
             locale: cfg.locale.clone(),
         })
     }
@@ -270,7 +274,33 @@ impl Engine {
                 }
             }
         });
-        let own = cls;
+        // The shop's own phrasings have their say on which intent an accepted message is.
+        let faq_now = self.faq.load();
+        let vote = |c: &Classification| -> Classification {
+            let mut c = c.clone();
+            if let (Some(p), Some(e)) = (c.intent.as_mut(), c.embedding.as_deref()) {
+                faq_now.blend_intent(p, e, &self.intent_vote);
+            }
+            c
+        };
+        let own = &vote(cls);
+        // A follow-up that is a whole question by itself ("and when do i get the money back")
+        // is read alone when the head is surer of that reading than of the joined one; one
+        // that points back ("how long will it take") needs its topic whatever the head says.
+        let points_back = self.policy.points_back(text);
+        let surer_alone = |t: &Classification| {
+            if points_back {
+                return false;
+            }
+            let conf = |c: &Classification| {
+                c.intent
+                    .as_ref()
+                    .filter(|p| !p.out_of_scope)
+                    .map(|p| p.confidence)
+            };
+            conf(own).is_some_and(|o| conf(t).is_none_or(|t| o > t))
+        };
+        let with_topic = with_topic.as_ref().map(vote).filter(|t| !surer_alone(t));
         let cls = with_topic.as_ref().unwrap_or(own);
         let intent = cls
             .intent

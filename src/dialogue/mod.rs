@@ -113,6 +113,23 @@ pub struct DialogueTexts {
     /// Answers from the catalog.
     #[serde(default)]
     pub products: ProductSay,
+    /// Readings of the intent head the shopper's own words overrule, in order (the first
+    /// match wins).
+    #[serde(default)]
+    pub reroute: Vec<Reroute>,
+}
+
+/// `[[dialogue.reroute]]`: a message read as one of `from` that matches `pattern` is about `to`.
+/// The intent head learned `change_order` from requests to alter an order before it ships, and
+/// reads "the jeans are too big, can i swap them" the same way; an item that does not fit has
+/// arrived, so the shop's exchange and return answers apply, not "orders can be changed until
+/// they are packed". Words say that more reliably than the head's training data can.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reroute {
+    pub from: Vec<String>,
+    pub pattern: String,
+    pub to: String,
 }
 
 /// `[dialogue.products]`: replies about products. `{title}`, `{price}`, `{sizes}`, `{size}`,
@@ -437,6 +454,7 @@ pub struct Policy {
     pub config: DialogueConfig,
     texts: DialogueTexts,
     patterns: BTreeMap<String, Regex>,
+    reroutes: Vec<Regex>,
 }
 
 impl Policy {
@@ -461,10 +479,20 @@ impl Policy {
                 .map_err(|e| format!("small_talk {k}: {e}"))?;
             patterns.insert(k.clone(), re);
         }
+        let reroutes = texts
+            .reroute
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Regex::new(&format!("(?i){}", r.pattern))
+                    .map_err(|e| format!("[[dialogue.reroute]] #{}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             config,
             texts,
             patterns,
+            reroutes,
         })
     }
 
@@ -508,6 +536,23 @@ impl Policy {
             && self.matches("follow_up", text)
     }
 
+    /// The intent `[[dialogue.reroute]]` gives a message instead of the head's, if any.
+    pub fn rerouted(&self, intent: Option<&str>, text: &str) -> Option<&str> {
+        let intent = intent?;
+        self.texts
+            .reroute
+            .iter()
+            .zip(&self.reroutes)
+            .find(|(r, re)| r.from.iter().any(|f| f == intent) && re.is_match(text))
+            .map(|(r, _)| r.to.as_str())
+    }
+
+    /// The message refers to something said before ("how long will *it* take"): the
+    /// locale's `points_back` pattern.
+    pub fn points_back(&self, text: &str) -> bool {
+        self.matches("points_back", text)
+    }
+
     fn matches(&self, kind: &str, text: &str) -> bool {
         self.patterns.get(kind).is_some_and(|re| re.is_match(text))
     }
@@ -518,6 +563,17 @@ impl Policy {
 
     /// Decides one turn and updates `st`.
     pub fn turn(&self, st: &mut State, u: &Understanding, k: &dyn Knowledge) -> Decision {
+        let rerouted;
+        let u = match self.rerouted(u.intent.as_deref(), &u.text) {
+            Some(to) => {
+                rerouted = Understanding {
+                    intent: Some(to.to_string()),
+                    ..u.clone()
+                };
+                &rerouted
+            }
+            None => u,
+        };
         st.turns += 1;
         for s in &u.slots {
             st.slots.insert(s.kind.name().to_string(), s.value.clone());

@@ -669,3 +669,62 @@ fn faq_answers_first_and_repeats_are_not_parroted() {
     assert_eq!(d.source, "intent:cancel_order");
     assert!(d.reply.expect("reply").contains("JP-44120"));
 }
+
+#[test]
+fn an_item_that_does_not_fit_is_an_exchange_not_an_order_change() {
+    let (p, mut k) = setup();
+    k.faq.insert(
+        "check_refund_policy",
+        (
+            "policy-2",
+            "Start a return within 30 days and order the new size.",
+        ),
+    );
+    for text in [
+        "the jeans are too big, can i swap them for a size smaller",
+        "bit disappointed, the slip dress is smaller than i expected. can i exchange it?",
+        "the boots don't fit, cancel pls",
+    ] {
+        let mut st = State::default();
+        let d = p.turn(&mut st, &msg(text, Some("change_order"), CALM), &k);
+        assert_eq!(d.source, "faq:policy-2", "{text}");
+        assert_eq!(d.intent.as_deref(), Some("check_refund_policy"), "{text}");
+        assert_eq!(d.asks_for, None, "{text}");
+    }
+    // Before it ships it is a change to the order, and the order number is asked for.
+    for text in [
+        "i picked the wrong size, can i change it before it ships",
+        "make the shirt in my order a large instead",
+    ] {
+        let mut st = State::default();
+        let d = p.turn(&mut st, &msg(text, Some("change_order"), CALM), &k);
+        assert_eq!(d.intent.as_deref(), Some("change_order"), "{text}");
+        assert_eq!(d.asks_for.as_deref(), Some("order_number"), "{text}");
+    }
+    // Only the listed intents are rerouted: a size question stays what it is.
+    assert_eq!(p.rerouted(Some("track_order"), "too big"), None);
+    assert_eq!(p.rerouted(None, "too big"), None);
+}
+
+#[test]
+fn a_follow_up_points_back_only_with_a_word_that_refers_back() {
+    let (p, _) = setup();
+    assert!(p.points_back("how long will it take"));
+    assert!(p.points_back("and does that work for canada"));
+    assert!(!p.points_back("and when do i get the money back"));
+}
+
+#[test]
+fn an_invalid_reroute_pattern_is_named_at_load() {
+    let (p, _) = setup();
+    let mut texts = p.texts.clone();
+    texts.reroute.push(Reroute {
+        from: vec!["change_order".into()],
+        pattern: "(unclosed".into(),
+        to: "check_refund_policy".into(),
+    });
+    let err = Policy::new(p.config.clone(), texts)
+        .err()
+        .expect("invalid pattern");
+    assert!(err.contains("[[dialogue.reroute]] #2"), "{err}");
+}

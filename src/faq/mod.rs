@@ -25,7 +25,8 @@ use std::path::Path;
 pub use error::FaqError;
 pub use index::{BuildReport, Embedder, IndexManifest, IndexStats, SourceInfo};
 pub use search::{
-    confident, FaqIndex, Fusion, Hit, HitScores, IntentMode, QueryIntent, SearchOptions,
+    confident, FaqIndex, Fusion, Hit, HitScores, IntentMode, IntentVote, QueryIntent,
+    SearchOptions, VoteOptions,
 };
 pub use source::{read_entries, FaqEntry, SourceSpec};
 pub use template::{Filled, Filler, Profile};

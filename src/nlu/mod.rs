@@ -48,6 +48,37 @@ pub struct Prediction {
     pub probs: Vec<(String, f32)>,
 }
 
+impl Prediction {
+    /// Mixes a second opinion into an accepted intent prediction: every probability becomes
+    /// (1 − `alpha`)·own + `alpha`·other (labels matched by name, the other's unknown labels
+    /// ignored) and the label the most probable in-scope one. A rejected prediction stays
+    /// rejected and an accepted one accepted: the second opinion may say *which* intent, not
+    /// whether the message is in scope (the head's threshold was chosen on real chatter).
+    /// Returns whether the label changed.
+    pub fn blend(&mut self, other: &[(String, f32)], alpha: f32) -> bool {
+        if self.out_of_scope || other.is_empty() || self.probs.is_empty() {
+            return false;
+        }
+        let at: std::collections::HashMap<&str, f32> =
+            other.iter().map(|(l, p)| (l.as_str(), *p)).collect();
+        for (l, p) in &mut self.probs {
+            *p = (1.0 - alpha) * *p + alpha * at.get(l.as_str()).copied().unwrap_or(0.0);
+        }
+        let best = self
+            .probs
+            .iter()
+            .filter(|(l, _)| !train::is_oos_label(l))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((label, p)) = best.cloned() else {
+            return false;
+        };
+        let changed = label != self.label;
+        self.label = label;
+        self.confidence = p;
+        changed
+    }
+}
+
 /// What the NLU says about one text.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Classification {
@@ -340,3 +371,50 @@ impl Nlu {
 
 /// The worker's answer to one command, still to come.
 type Pending<T> = oneshot::Receiver<Result<T>>;
+
+#[cfg(test)]
+mod blend_tests {
+    use super::Prediction;
+
+    fn pred(probs: &[(&str, f32)], out_of_scope: bool) -> Prediction {
+        let (label, confidence) = probs
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(l, p)| (l.to_string(), *p))
+            .expect("probabilities");
+        Prediction {
+            label,
+            confidence,
+            out_of_scope,
+            probs: probs.iter().map(|(l, p)| (l.to_string(), *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_second_opinion_can_change_the_intent_but_not_the_scope() {
+        let other = [
+            ("a".to_string(), 0.2f32),
+            ("b".to_string(), 0.6),
+            ("out_of_scope".to_string(), 0.2),
+        ];
+        // A confident head keeps its label at an even mix...
+        let mut p = pred(&[("a", 0.9), ("b", 0.1), ("out_of_scope", 0.0)], false);
+        assert!(!p.blend(&other, 0.5));
+        assert_eq!(p.label, "a");
+        assert!((p.confidence - 0.55).abs() < 1e-6);
+        // ...a doubtful one follows the vote.
+        let mut p = pred(&[("a", 0.5), ("b", 0.4), ("out_of_scope", 0.1)], false);
+        assert!(p.blend(&other, 0.5));
+        assert_eq!(p.label, "b");
+        assert!((p.confidence - 0.5).abs() < 1e-6);
+        // The out-of-scope class is never picked, and a rejection is left alone.
+        let oos = [("out_of_scope".to_string(), 1.0f32)];
+        let mut p = pred(&[("a", 0.4), ("b", 0.3), ("out_of_scope", 0.3)], false);
+        p.blend(&oos, 0.9);
+        assert_eq!(p.label, "a");
+        let mut p = pred(&[("a", 0.2), ("b", 0.1), ("out_of_scope", 0.7)], true);
+        assert!(!p.blend(&other, 0.9));
+        assert_eq!(p.label, "out_of_scope");
+        assert!(p.out_of_scope);
+    }
+}

@@ -445,8 +445,11 @@ fn ordered_labels(mut labels: Vec<&str>) -> Vec<String> {
     labels.into_iter().map(String::from).collect()
 }
 
+/// [`EvalOptions::adjust`]: changes a prediction given the text's embedding.
+pub type Adjust = std::sync::Arc<dyn Fn(&[f32], &mut super::Prediction) + Send + Sync>;
+
 /// Options of `shopdesk eval`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EvalOptions {
     pub task: String,
     pub data: Vec<DataSource>,
@@ -454,6 +457,9 @@ pub struct EvalOptions {
     /// Evaluate every row even when the file is the head's training file.
     pub all_rows: bool,
     pub cache_dir: Option<PathBuf>,
+    /// Changes each prediction after the head, from the text's embedding (e.g. the FAQ
+    /// phrasings' intent vote the chat applies), so `eval` measures what the chat does.
+    pub adjust: Option<Adjust>,
 }
 
 /// Evaluates a head. When a data file is one the head was trained on, only its held-out part
@@ -545,7 +551,12 @@ pub fn evaluate(
     let x = embed_cached(enc, &texts, opts.cache_dir.as_deref(), |n| {
         on_embed(n, total)
     })?;
-    let preds = predict(head, &x)?;
+    let mut preds = predict(head, &x)?;
+    if let Some(adjust) = &opts.adjust {
+        for (p, e) in preds.iter_mut().zip(&x) {
+            adjust(e, p);
+        }
+    }
     let pred: Vec<usize> = preds
         .iter()
         .map(|p| match oos_idx {

@@ -761,3 +761,75 @@ fn ranking_invariants_hold_for_random_queries() {
         }
     }
 }
+
+/// The nearest entries' stored intents vote: a message beside the refund entry votes
+/// `track_refund`, one near neither does not vote, and the vote turns a doubtful head.
+#[test]
+fn the_nearest_phrasings_vote_on_the_intent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = vec![
+        ("Where is my order?", vec![(0, 1.0)]),
+        ("Where is my refund?", vec![(1, 1.0)]),
+        ("money not back yet", vec![(0, 0.3), (1, 1.0)]),
+        ("the weather", vec![(6, 1.0)]),
+    ];
+    let labels = vec!["track_order".to_string(), "track_refund".to_string()];
+    let mut emb = IntentTable(
+        TableEmbedder(table.clone()),
+        labels,
+        vec![
+            ("Where is my order?", vec![0.9, 0.1]),
+            ("Where is my refund?", vec![0.1, 0.9]),
+        ],
+    );
+    let order = entry(
+        "order",
+        "Where is my order?",
+        "Track it in your account.",
+        "x",
+    );
+    let refund = entry(
+        "refund",
+        "Where is my refund?",
+        "Refunds take five days.",
+        "x",
+    );
+    faq::index::build(dir.path(), vec![order, refund], vec![info()], &mut emb).expect("build");
+    let idx = faq::open(dir.path(), None).expect("open");
+    let mut table_emb = TableEmbedder(table);
+    let q = table_emb
+        .embed(&["money not back yet", "the weather"])
+        .expect("embed");
+    let o = faq::VoteOptions {
+        alpha: 0.5,
+        ..faq::VoteOptions::default()
+    };
+    let vote = idx
+        .intent_vote(&q[0], o.k, o.temperature, o.min_cosine)
+        .expect("a vote");
+    let p = |l: &str| vote.probs.iter().find(|(x, _)| x == l).map(|x| x.1);
+    assert!(p("track_refund") > Some(0.7), "{vote:?}");
+    assert!((vote.probs.iter().map(|x| x.1).sum::<f32>() - 1.0).abs() < 1e-4);
+    assert!(vote.top_cosine > 0.9, "{vote:?}");
+    assert!(idx
+        .intent_vote(&q[1], o.k, o.temperature, o.min_cosine)
+        .is_none());
+    let mut head = shopdesk::nlu::Prediction {
+        label: "track_order".into(),
+        confidence: 0.55,
+        out_of_scope: false,
+        probs: vec![("track_order".into(), 0.55), ("track_refund".into(), 0.45)],
+    };
+    assert!(idx.blend_intent(&mut head, &q[0], &o));
+    assert_eq!(head.label, "track_refund");
+    // Off: the head alone.
+    let mut head2 = shopdesk::nlu::Prediction {
+        label: "track_order".into(),
+        confidence: 0.55,
+        out_of_scope: false,
+        probs: vec![("track_order".into(), 0.55), ("track_refund".into(), 0.45)],
+    };
+    let off = faq::VoteOptions { alpha: 0.0, ..o };
+    assert!(!idx.blend_intent(&mut head2, &q[0], &off));
+    assert_eq!(head2.label, "track_order");
+}
