@@ -1,4 +1,5 @@
-//! An inference-only BERT encoder, tuned for short texts on CPU.
+//! An inference-only BERT encoder (and XLM-RoBERTa, the same network with positions counted
+//! from its padding id), tuned for short texts on CPU.
 //!
 //! candle-transformers' `BertModel` is the reference (and what `--finetune` trains), but on a
 //! 2-core CPU its per-op overhead dominates a 13-token message. This version loads the same
@@ -96,6 +97,14 @@ struct Layer {
     ln2: LayerNorm,
 }
 
+/// The first position row a text uses (see [`Bert`]'s `position_offset`).
+pub fn position_offset(cfg: &Config) -> usize {
+    match cfg.model_type.as_deref() {
+        Some("xlm-roberta" | "roberta") => cfg.pad_token_id + 1,
+        _ => 0,
+    }
+}
+
 /// The encoder: token ids in, last hidden states out.
 pub struct Bert {
     word: Tensor,
@@ -107,6 +116,9 @@ pub struct Bert {
     head_dim: usize,
     hidden: usize,
     act: HiddenAct,
+    /// First position row: 0 for BERT; XLM-RoBERTa counts positions from its padding id + 1
+    /// (its first rows belong to padding), so a text's first token reads row 2.
+    position_offset: usize,
     device: Device,
 }
 
@@ -163,6 +175,7 @@ impl Bert {
             head_dim,
             hidden: h,
             act: cfg.hidden_act,
+            position_offset: position_offset(cfg),
             device: vb.device().clone(),
         })
     }
@@ -205,7 +218,7 @@ impl Bert {
         let h = self.hidden;
         let x = self.word.embedding(&ids.flatten_all()?)?;
         let tt = self.token_type.embedding(&type_ids.flatten_all()?)?;
-        let pos = self.position.narrow(0, 0, t)?;
+        let pos = self.position.narrow(0, self.position_offset, t)?;
         let x = (x + tt)?.reshape((b, t, h))?.broadcast_add(&pos)?;
         let mut x = self.ln_emb.forward(&x.reshape((b * t, h))?)?;
 

@@ -47,11 +47,20 @@ pub enum Precision {
 
 pub struct Encoder {
     tokenizer: Tokenizer,
+    /// Put before every text: E5 models were trained with `query: ` / `passage: ` in front,
+    /// and shopper messages, FAQ questions and reviews are all compared symmetrically.
+    prefix: Option<&'static str>,
     model: Bert,
     files: EncoderFiles,
     max_tokens: usize,
     pub limits: BatchLimits,
     precision: Precision,
+}
+
+/// The prefix an encoder expects before each text (E5: `query: `).
+fn text_prefix(name: &str) -> Option<&'static str> {
+    let short = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
+    (short.starts_with("e5-") || short.starts_with("multilingual-e5")).then_some("query: ")
 }
 
 /// A tokenized text, kept so a worker can plan batches by length before running the model.
@@ -100,7 +109,7 @@ impl Encoder {
             .as_deref()
             .and_then(read_max_seq_length)
             .unwrap_or(DEFAULT_MAX_TOKENS)
-            .min(cfg.max_position_embeddings);
+            .min(cfg.max_position_embeddings - super::bert::position_offset(&cfg));
         let mut tokenizer =
             Tokenizer::from_file(&files.tokenizer).map_err(|e| NluError::ModelCorrupt {
                 path: files.tokenizer.clone(),
@@ -108,11 +117,14 @@ impl Encoder {
             })?;
         // The shipped tokenizer.json pads every input to 128 tokens: a 13-token chat message
         // would cost ten times the work. Pad to the batch's longest member instead.
-        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
+        let (pad_token, pad_id) = ["[PAD]", "<pad>"]
+            .into_iter()
+            .find_map(|t| tokenizer.token_to_id(t).map(|id| (t, id)))
+            .unwrap_or(("[PAD]", 0));
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             pad_id,
-            pad_token: "[PAD]".into(),
+            pad_token: pad_token.into(),
             ..Default::default()
         }));
         tokenizer
@@ -135,6 +147,7 @@ impl Encoder {
         Ok(Encoder {
             tokenizer,
             model,
+            prefix: text_prefix(&files.name),
             files: files.clone(),
             max_tokens,
             limits: BatchLimits::default(),
@@ -172,10 +185,11 @@ impl Encoder {
         texts
             .iter()
             .map(|t| {
-                let enc = self
-                    .tokenizer
-                    .encode(*t, true)
-                    .map_err(|e| NluError::Tokenizer(e.to_string()))?;
+                let enc = match self.prefix {
+                    Some(p) => self.tokenizer.encode(format!("{p}{t}"), true),
+                    None => self.tokenizer.encode(*t, true),
+                }
+                .map_err(|e| NluError::Tokenizer(e.to_string()))?;
                 Ok(Tokens {
                     ids: enc.get_ids().to_vec(),
                     type_ids: enc.get_type_ids().to_vec(),
