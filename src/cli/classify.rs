@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use shopdesk::nlu::head::head_dir;
+use shopdesk::nlu::head::head_dir_for;
 use shopdesk::nlu::{Nlu, NluConfig};
 
 use super::Settings;
@@ -51,7 +51,7 @@ pub fn run(a: ClassifyArgs, s: &Settings) -> Result<()> {
     cfg.device = s.device;
     // Use the heads that exist; with none, the intent head's error says how to train one.
     let has = |task: &str| {
-        head_dir(&s.models_root, task)
+        head_dir_for(&s.models_root, task, &s.encoder.name)
             .join("manifest.json")
             .exists()
     };

@@ -13,7 +13,7 @@ use shopdesk::faq::{
     SourceSpec, VoteOptions,
 };
 use shopdesk::nlu::data::{self, DataSpec};
-use shopdesk::nlu::head::head_dir;
+use shopdesk::nlu::head::head_dir_for;
 use shopdesk::nlu::slots::{SlotExtractor, SlotKind};
 use shopdesk::nlu::{Nlu, NluConfig};
 use shopdesk::table::{Column, Format, Rows};
@@ -207,7 +207,7 @@ fn start_nlu(s: &Settings, intent: bool) -> Result<Nlu> {
 /// Index builds give entries intent distributions when an intent head is there to compute
 /// them; without one the index still builds (and ranks by exact intent labels only).
 fn has_intent_head(s: &Settings) -> bool {
-    head_dir(&s.models_root, "intent")
+    head_dir_for(&s.models_root, "intent", &s.encoder.name)
         .join("manifest.json")
         .exists()
 }
@@ -630,7 +630,10 @@ fn index_eval(
     json: Option<&Path>,
     tune: &TuneArgs,
 ) -> Result<()> {
-    let head = shopdesk::nlu::head::Head::load(&head_dir(&s.models_root, "intent"), "intent")?;
+    let head = shopdesk::nlu::head::Head::load(
+        &head_dir_for(&s.models_root, "intent", &s.encoder.name),
+        "intent",
+    )?;
     let holdout = holdout.unwrap_or(head.manifest.training.holdout);
     let seed = seed.unwrap_or(head.manifest.training.seed);
     // The split is computed exactly as `train` does for the intent head (same reader, same

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use shopdesk::nlu::head::{head_dir, Head};
+use shopdesk::nlu::head::{head_dir_for, Head};
 use shopdesk::nlu::hub::{self, FetchOptions};
 
 use super::Settings;
@@ -67,7 +67,7 @@ pub fn run(cmd: ModelsCommand, s: &Settings) -> Result<()> {
                 Err(e) => println!("encoder {}: {e}", s.encoder.name),
             }
             for task in ["intent", "sentiment"] {
-                let dir = head_dir(&s.models_root, task);
+                let dir = head_dir_for(&s.models_root, task, &s.encoder.name);
                 match Head::load(&dir, task) {
                     Ok(h) => {
                         let m = &h.manifest;

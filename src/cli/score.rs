@@ -87,7 +87,11 @@ pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
         eprintln!("already scored; writing the report only");
     } else {
         one_malloc_arena();
-        let mut cfg = NluConfig::new(s.encoder.clone(), &s.models_root);
+        let encoder = match &input {
+            Some(p) => route_by_language(p, format, &text, s)?,
+            None => s.encoder.clone(),
+        };
+        let mut cfg = NluConfig::new(encoder, &s.models_root);
         cfg.device = s.device;
         cfg.intent = false;
         // Small forward passes suit one-thread workers: the activations stay in cache and the
@@ -188,6 +192,64 @@ pub fn run(a: ScoreArgs, s: &Settings) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Rows sampled from the start of a file to choose the encoder by their language.
+const LANGUAGE_SAMPLE: usize = 200;
+
+/// The encoder for a file: the configured one, unless it is the default (English) encoder and
+/// most of the file's first rows are in another language, in which case the multilingual
+/// encoder and its own sentiment head, when fetched and trained (`models fetch
+/// multilingual-e5-small`; `models/heads/sentiment-multilingual-e5-small`). The English
+/// encoder reads Chinese as unknown tokens: its labels for such a file mean nothing.
+fn route_by_language(
+    path: &std::path::Path,
+    format: Format,
+    text: &Column,
+    s: &Settings,
+) -> Result<shopdesk::nlu::EncoderSource> {
+    use shopdesk::nlu::{head, hub, DEFAULT_ENCODER};
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let rows = shopdesk::table::Rows::new(file, format, vec![text.clone()], &[true])?;
+    let sample: Vec<String> = rows
+        .filter_map(|(_, r)| r.ok().and_then(|mut v| v.pop().flatten()))
+        .take(LANGUAGE_SAMPLE)
+        .collect();
+    let mix = shopdesk::text::language_mix(sample.iter().map(String::as_str));
+    let shown: Vec<String> = mix
+        .iter()
+        .filter(|(_, p)| *p >= 0.01)
+        .take(4)
+        .map(|(l, p)| format!("{l} {:.0}%", p * 100.0))
+        .collect();
+    eprintln!(
+        "languages (first {} rows): {}",
+        sample.len(),
+        shown.join(", ")
+    );
+    let top = mix.iter().find(|(l, _)| *l != "und");
+    let foreign = top.is_some_and(|(l, p)| *l != "eng" && *p >= 0.5);
+    if !foreign || s.encoder.name != DEFAULT_ENCODER {
+        return Ok(s.encoder.clone());
+    }
+    let mut multi = s.encoder.clone();
+    multi.name = hub::MULTILINGUAL_ENCODER.to_string();
+    multi.model_dir = None;
+    multi.offline = true;
+    let head = head::head_dir_for(&s.models_root, "sentiment", &multi.name);
+    match (hub::locate(&multi), head.join("manifest.json").exists()) {
+        (Ok(_), true) => {
+            eprintln!("mostly not English: scoring with {}", multi.name);
+            Ok(multi)
+        }
+        _ => {
+            eprintln!(
+                "warning: mostly not English, and the English encoder cannot read it; run `shopdesk models fetch multilingual-e5-small` (its sentiment head: {})",
+                head.display()
+            );
+            Ok(s.encoder.clone())
+        }
+    }
 }
 
 /// glibc gives each thread that allocates its own heap ("arena") and keeps every arena at its

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use shopdesk::faq::VoteOptions;
 use shopdesk::nlu::data::{DataSpec, Format};
 use shopdesk::nlu::finetune::FinetuneConfig;
-use shopdesk::nlu::head::{head_dir, Arch, Head, TrainConfig};
+use shopdesk::nlu::head::{head_dir_for, Arch, Head, TrainConfig};
 use shopdesk::nlu::train::{self as nlu_train, DataSource, EvalOptions, TrainOptions};
 use shopdesk::nlu::Prediction;
 use shopdesk::nlu::{hub, Encoder};
@@ -225,7 +225,9 @@ pub fn run_train(a: TrainArgs, s: &Settings) -> Result<()> {
             seed: a.seed,
             ..Default::default()
         },
-        out_dir: a.out.unwrap_or_else(|| head_dir(&s.models_root, task)),
+        out_dir: a
+            .out
+            .unwrap_or_else(|| head_dir_for(&s.models_root, task, &s.encoder.name)),
         cache_dir: s.cache_dir.clone(),
         augment: a.augment,
         max_in_scope_rejected: a.max_in_scope_rejected,
@@ -351,7 +353,9 @@ pub struct EvalArgs {
 
 pub fn run_eval(a: EvalArgs, s: &Settings) -> Result<()> {
     let task = a.task.name();
-    let dir = a.head_dir.unwrap_or_else(|| head_dir(&s.models_root, task));
+    let dir = a
+        .head_dir
+        .unwrap_or_else(|| head_dir_for(&s.models_root, task, &s.encoder.name));
     let head = Head::load(&dir, task)?;
     let files = hub::locate(&s.encoder)?;
     let device = s.device.open()?;

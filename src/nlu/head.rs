@@ -531,6 +531,19 @@ pub fn head_dir(models_root: &Path, task: &str) -> PathBuf {
     models_root.join("heads").join(task)
 }
 
+/// The head a task uses with `encoder`: the default encoder's heads are `heads/<task>`; another
+/// encoder's are `heads/<task>-<its short name>` (`heads/sentiment-multilingual-e5-small`), so
+/// one models folder serves both and a head is never paired with the wrong encoder.
+pub fn head_dir_for(models_root: &Path, task: &str, encoder: &str) -> PathBuf {
+    if encoder == super::DEFAULT_ENCODER {
+        head_dir(models_root, task)
+    } else {
+        models_root
+            .join("heads")
+            .join(format!("{task}-{}", super::hub::short_name(encoder)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,7 +182,7 @@ impl Nlu {
             if !wanted {
                 return Ok(None);
             }
-            let dir = head::head_dir(&cfg.models_root, task);
+            let dir = head::head_dir_for(&cfg.models_root, task, &cfg.encoder.name);
             let head = Head::load(&dir, task)?;
             let encoder = train::encoder_for_head(&head, &dir, &mut encoders, &files, &device)?;
             Ok(Some(HeadSlot { head, encoder }))

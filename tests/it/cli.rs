@@ -429,3 +429,73 @@ fn score_killed_mid_run_resumes_with_every_row_exactly_once() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("already finished"));
     assert_eq!(std::fs::read(&out).expect("output"), before);
 }
+
+/// A file of Chinese reviews is scored with the multilingual encoder and its own head, chosen
+/// by the rows' language (the English encoder reads Chinese as unknown tokens); an English file
+/// keeps the default encoder.
+#[test]
+fn score_routes_chinese_reviews_to_the_multilingual_encoder() {
+    let multi = common::models_root().join("multilingual-e5-small");
+    if !multi.join("model.safetensors").exists() {
+        panic!(
+            "the multilingual encoder is missing from {}: run `cargo run -- models fetch multilingual-e5-small` first (.ci/run does)",
+            multi.display()
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Our own sentences, written for this test.
+    let zh = dir.path().join("zh.csv");
+    std::fs::write(
+        &zh,
+        "review\n质量很好，非常满意，下次还会再买\n太差了，用了两天就坏了，要退货\n衣服很漂亮，尺码也合适\n客服态度恶劣，再也不买了\n",
+    )
+    .expect("write");
+    let out = dir.path().join("zh-scored.csv");
+    let run = Command::new(common::bin())
+        .args(["--models-root"])
+        .arg(common::models_root())
+        .args(["--offline", "score"])
+        .arg(&zh)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("run shopdesk");
+    ok(&run);
+    let err = text(&run.stderr);
+    assert!(err.contains("cmn 100%"), "{err}");
+    assert!(
+        err.contains("scoring with intfloat/multilingual-e5-small"),
+        "{err}"
+    );
+    let scored = std::fs::read_to_string(&out).expect("scored");
+    let labels: Vec<&str> = scored
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).expect("sentiment column"))
+        .collect();
+    assert_eq!(
+        labels,
+        ["positive", "negative", "positive", "negative"],
+        "{scored}"
+    );
+    // English stays on the default encoder.
+    let en = dir.path().join("en.csv");
+    std::fs::write(
+        &en,
+        "review\nThe linen shirt is lovely and fits perfectly, I would buy it again\nTerrible quality, the seams came apart after one wash\n",
+    )
+    .expect("write");
+    let run = Command::new(common::bin())
+        .args(["--models-root"])
+        .arg(common::models_root())
+        .args(["--offline", "score"])
+        .arg(&en)
+        .arg("-o")
+        .arg(dir.path().join("en-scored.csv"))
+        .output()
+        .expect("run shopdesk");
+    ok(&run);
+    let err = text(&run.stderr);
+    assert!(err.contains("languages (first 2 rows): eng"), "{err}");
+    assert!(!err.contains("multilingual"), "{err}");
+}
