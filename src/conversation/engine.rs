@@ -275,15 +275,25 @@ impl Engine {
             }
         });
         // The shop's own phrasings have their say on which intent an accepted message is.
+        // Off by default (VoteOptions): then nothing is copied.
         let faq_now = self.faq.load();
-        let vote = |c: &Classification| -> Classification {
+        fn voted<'a>(
+            c: &'a Classification,
+            faq: &FaqIndex,
+            o: &VoteOptions,
+        ) -> std::borrow::Cow<'a, Classification> {
+            if o.alpha <= 0.0 {
+                return std::borrow::Cow::Borrowed(c);
+            }
             let mut c = c.clone();
             if let (Some(p), Some(e)) = (c.intent.as_mut(), c.embedding.as_deref()) {
-                faq_now.blend_intent(p, e, &self.intent_vote);
+                faq.blend_intent(p, e, o);
             }
-            c
-        };
-        let own = &vote(cls);
+            std::borrow::Cow::Owned(c)
+        }
+        let vote = |c| voted(c, &faq_now, &self.intent_vote);
+        let own_read = vote(cls);
+        let own: &Classification = &own_read;
         // A follow-up that is a whole question by itself ("and when do i get the money back")
         // is read alone when the head is surer of that reading than of the joined one; one
         // that points back ("how long will it take") needs its topic whatever the head says.
@@ -301,7 +311,7 @@ impl Engine {
             conf(own).is_some_and(|o| conf(t).is_none_or(|t| o > t))
         };
         let with_topic = with_topic.as_ref().map(vote).filter(|t| !surer_alone(t));
-        let cls = with_topic.as_ref().unwrap_or(own);
+        let cls: &Classification = with_topic.as_deref().unwrap_or(own);
         let intent = cls
             .intent
             .as_ref()
