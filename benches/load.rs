@@ -252,20 +252,35 @@ async fn session(
 }
 
 /// Mean seconds per turn stage and mean NLU batch size, from the server's /metrics.
-fn stage_means(addr: SocketAddr) -> String {
+/// The server's `/metrics` text (empty when it cannot be read).
+fn metrics_text(addr: SocketAddr) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let Ok(mut r) = agent.get(format!("http://{addr}/metrics")).call() else {
+    agent
+        .get(format!("http://{addr}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+/// Stage means over the run: the metrics now minus `before` (read when the run started), so
+/// the start-up work (the catalog's embedding batch) does not count.
+fn stage_means(addr: SocketAddr, before: &str) -> String {
+    let text = metrics_text(addr);
+    if text.is_empty() {
         return "no metrics".into();
-    };
-    let text = r.body_mut().read_to_string().unwrap_or_default();
-    let value = |name: &str| -> Option<f64> {
+    }
+    let read = |text: &str, name: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    };
+    let value = |name: &str| -> Option<f64> {
+        read(&text, name).map(|now| now - read(before, name).unwrap_or(0.0))
     };
     let mut out = Vec::new();
     for stage in ["nlu", "answer", "store", "total"] {
@@ -290,7 +305,7 @@ fn stage_means(addr: SocketAddr) -> String {
             busy / n.max(1.0) * 1e3
         ));
     }
-    format!("server means: {}", out.join(", "))
+    format!("server means over the run: {}", out.join(", "))
 }
 
 /// CPU seconds (user + system) the process has used.
@@ -438,6 +453,7 @@ fn main() {
         let server = start_server(dir.path(), &index, &model, sync_normal);
         let addr = server.addr;
         let cpu0 = cpu_seconds(server.child.id());
+        let metrics0 = metrics_text(addr);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tally = Arc::new(FloodTally::default());
         let flood_threads = flood(addr, flooders, msgs.clone(), stop.clone(), tally.clone());
@@ -477,7 +493,7 @@ fn main() {
         let cpu = cpu_seconds(server.child.id()) - cpu0;
         println!(
             "  {}; server CPU {:.2} ms per turn ({:.0}% of 2 cores)",
-            stage_means(addr),
+            stage_means(addr, &metrics0),
             cpu / lat.len().max(1) as f64 * 1e3,
             cpu / wall / 2.0 * 100.0
         );

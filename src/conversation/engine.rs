@@ -16,7 +16,7 @@ use crate::nlu::{Classification, Nlu, NluConfig};
 use crate::recommend::shopping::{Cues, ProductContext, ProductIndex};
 use crate::recommend::{Catalog, Filters, Product, Recommendation, Recommender};
 
-use super::{intent_label, Brain};
+use super::{intent_label, Brain, Read};
 use crate::nlu::NluError;
 use crate::protocol::{Label, ProductOut};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -255,16 +255,19 @@ impl Engine {
         &self,
         state: &mut State,
         text: &str,
-        cls: &Classification,
+        read: &Read,
         customer_id: Option<&str>,
     ) -> TurnResult {
+        let cls = &read.own;
         // A follow-up ("and canada?") is understood together with the conversation's topic:
         // intent and FAQ from the two read as one; sentiment and slots from the message alone.
-        let follow = self
-            .policy
-            .follow_up(state, text)
-            .then(|| format!("{} {text}", state.topic.as_deref().unwrap_or_default()));
+        // The NLU read the joined text with the message; only if the topic changed since
+        // (another tab's turn) is it read again here.
+        let follow = self.policy.follow_up_query(state, text);
         let with_topic = follow.as_ref().and_then(|q| {
+            if let Some((_, c)) = read.joined.as_ref().filter(|(j, _)| j == q) {
+                return Some(c.clone());
+            }
             match self.nlu.classify_embed_chat_blocking(vec![q.clone()]) {
                 Ok(mut v) if !v.is_empty() => Some(v.swap_remove(0)),
                 Ok(_) => None,
@@ -565,14 +568,21 @@ impl Knowledge for TurnKnowledge<'_> {
 }
 
 impl Brain for Engine {
-    fn understand(&self, text: String) -> BoxFuture<'static, Result<Classification, NluError>> {
+    fn understand(
+        &self,
+        text: String,
+        joined: Option<String>,
+    ) -> BoxFuture<'static, Result<Read, NluError>> {
         let nlu = self.nlu.clone();
         Box::pin(async move {
-            let mut v = nlu.classify_embed(vec![text]).await?;
-            if v.is_empty() {
-                return Err(NluError::Invalid("no classification".into()));
-            }
-            Ok(v.swap_remove(0))
+            let mut texts = vec![text];
+            texts.extend(joined.clone());
+            let mut v = nlu.classify_embed(texts).await?.into_iter();
+            let own = v
+                .next()
+                .ok_or_else(|| NluError::Invalid("no classification".into()))?;
+            let joined = joined.zip(v.next());
+            Ok(Read { own, joined })
         })
     }
 
@@ -580,10 +590,10 @@ impl Brain for Engine {
         &self,
         state: &mut State,
         text: &str,
-        cls: &Classification,
+        read: &Read,
         customer_id: Option<&str>,
     ) -> TurnResult {
-        Engine::decide(self, state, text, cls, customer_id)
+        Engine::decide(self, state, text, read, customer_id)
     }
 
     fn redact_for_storage(&self, text: &str) -> String {

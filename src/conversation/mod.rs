@@ -85,14 +85,20 @@ pub type Result<T, E = ConversationError> = std::result::Result<T, E>;
 /// What a turn needs from the models: NLU, and the blocking decision (slots, FAQ, policy,
 /// products). [`Engine`] is the real one; tests use a fake.
 pub trait Brain: Send + Sync + 'static {
-    /// Intent, sentiment and embedding of one shopper message (the NLU's chat lane).
-    fn understand(&self, text: String) -> BoxFuture<'static, Result<Classification, NluError>>;
+    /// Intent, sentiment and embedding of one shopper message (the NLU's chat lane), and of
+    /// `joined` (the message with its conversation's topic, for a follow-up) in the same
+    /// batch: a follow-up waits for the NLU once, like any other turn.
+    fn understand(
+        &self,
+        text: String,
+        joined: Option<String>,
+    ) -> BoxFuture<'static, Result<Read, NluError>>;
     /// Slots, FAQ, policy and products for one message; updates `state`. Blocking CPU work.
     fn decide(
         &self,
         state: &mut State,
         text: &str,
-        cls: &Classification,
+        read: &Read,
         customer_id: Option<&str>,
     ) -> TurnResult;
     /// The message as it may be stored (card numbers removed).
@@ -102,6 +108,15 @@ pub trait Brain: Send + Sync + 'static {
     fn policy(&self) -> &Policy;
     /// The escalation message after a shopper marked replies unhelpful.
     fn escalation_text(&self, state: &State) -> String;
+}
+
+/// What the NLU read in a shopper message.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The message alone.
+    pub own: Classification,
+    /// The message joined with the topic it follows up on (the joined text, its reading).
+    pub joined: Option<(String, Classification)>,
 }
 
 /// Time spent in each stage of a turn (for metrics).
@@ -337,7 +352,20 @@ impl Service {
     ) -> Result<TurnOutcome> {
         let t0 = Instant::now();
         tracing::debug!(text = %brain.redact_for_log(&text), "shopper message");
-        let cls = match brain.understand(text.clone()).await {
+        // The conversation is locked from here to the commit: its turns are read and
+        // answered one after the other, each seeing the state the one before it stored (two
+        // tabs sending at once included). A follow-up is read with its topic in the same NLU
+        // batch as the message itself.
+        let locked = self.lock(conversation_id).await;
+        let conv = self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .ok_or_else(|| ConversationError::NotFound("conversation not found".into()))?;
+        let joined = brain
+            .policy()
+            .follow_up_query(&parse_state(&conv.state), &brain.redact_for_storage(&text));
+        let read = match brain.understand(text.clone(), joined).await {
             Ok(c) => c,
             Err(NluError::Overloaded) => return Err(ConversationError::Busy),
             Err(e) => {
@@ -351,18 +379,11 @@ impl Service {
             nlu: t0.elapsed().as_secs_f64(),
             ..Stages::default()
         };
-
-        let locked = self.lock(conversation_id).await;
-        let conv = self
-            .store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| ConversationError::NotFound("conversation not found".into()))?;
         let t1 = Instant::now();
         let (state, result, stored_text) = {
             let brain = brain.clone();
             let customer = customer_id.map(String::from);
-            let cls = cls.clone();
+            let read = read.clone();
             let mut st = parse_state(&conv.state);
             if let Some(p) = page_product.filter(|p| !p.is_empty() && p.len() <= 128) {
                 // The page counts only when the shopper has not named another product since
@@ -374,7 +395,7 @@ impl Service {
             crate::blocking::spawn(move || {
                 // Card numbers are never kept: not in the transcript, not in the slots.
                 let stored = brain.redact_for_storage(&text);
-                let r = brain.decide(&mut st, &stored, &cls, customer.as_deref());
+                let r = brain.decide(&mut st, &stored, &read, customer.as_deref());
                 (st, r, stored)
             })
             .await
@@ -383,7 +404,7 @@ impl Service {
         stages.answer = t1.elapsed().as_secs_f64();
         let d = &result.decision;
         let intent = result.intent.clone();
-        let sentiment = sentiment_out(&cls);
+        let sentiment = sentiment_out(&read.own);
 
         let shopper = NewMessage {
             role: Role::Shopper,
@@ -409,7 +430,7 @@ impl Service {
             reply: reply.as_ref(),
             status: stored_status(state.status),
             state: &json,
-            escalation: d.escalated.map(|r| (reason_name(r), negativity(&cls))),
+            escalation: d.escalated.map(|r| (reason_name(r), negativity(&read.own))),
         };
         let mut w = self.store.begin_write().await?;
         let written = async {

@@ -17,6 +17,8 @@ struct FakeBrain {
     filler: Filler,
     /// When set, `understand` answers like a full NLU queue.
     busy: AtomicBool,
+    /// The joined texts `understand` was asked to read beside each message.
+    joined: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 fn prompts() -> PathBuf {
@@ -86,13 +88,24 @@ impl Knowledge for NoFaq<'_> {
 }
 
 impl Brain for FakeBrain {
-    fn understand(&self, text: String) -> BoxFuture<'static, Result<Classification, NluError>> {
+    fn understand(
+        &self,
+        text: String,
+        joined: Option<String>,
+    ) -> BoxFuture<'static, Result<Read, NluError>> {
         let busy = self.busy.load(Ordering::Relaxed);
+        self.joined.lock().expect("lock").push(joined.clone());
         Box::pin(async move {
             if busy {
                 return Err(NluError::Overloaded);
             }
-            Ok(classify(&text))
+            Ok(Read {
+                own: classify(&text),
+                joined: joined.map(|j| {
+                    let c = classify(&j);
+                    (j, c)
+                }),
+            })
         })
     }
 
@@ -100,9 +113,10 @@ impl Brain for FakeBrain {
         &self,
         state: &mut State,
         text: &str,
-        cls: &Classification,
+        read: &Read,
         _customer_id: Option<&str>,
     ) -> TurnResult {
+        let cls = &read.own;
         let u = Understanding {
             text: text.into(),
             intent: cls.intent.as_ref().map(|p| p.label.clone()),
@@ -150,6 +164,7 @@ async fn setup() -> (tempfile::TempDir, Service, Arc<dyn Brain>, Arc<FakeBrain>)
         policy: Policy::load(&prompts(), "en").expect("policy"),
         filler: Filler::load(&prompts(), "en").expect("filler"),
         busy: AtomicBool::new(false),
+        joined: Default::default(),
     });
     let brain: Arc<dyn Brain> = fake.clone();
     (dir, Service::new(store), brain, fake)
@@ -206,6 +221,26 @@ async fn a_turn_stores_both_messages_and_replies_with_what_was_stored() {
     .expect("turn");
     let all = svc.store.messages(&id, 10).await.expect("messages");
     assert!(all.iter().all(|m| !m.text.contains("4111")));
+}
+
+#[tokio::test]
+async fn a_follow_up_is_read_with_its_topic_in_the_same_nlu_call() {
+    let (_d, svc, brain, fake) = setup().await;
+    let c = svc.open(None, Some("c1"), "en", 10).await.expect("open");
+    let id = c.conversation.id.clone();
+    for text in ["can i pay with paypal", "and with a gift card?"] {
+        svc.turn(&brain, &id, None, None, text.into())
+            .await
+            .expect("turn");
+    }
+    let joined = fake.joined.lock().expect("lock").clone();
+    assert_eq!(
+        joined,
+        vec![
+            None,
+            Some("can i pay with paypal and with a gift card?".to_string())
+        ]
+    );
 }
 
 #[tokio::test]

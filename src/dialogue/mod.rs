@@ -536,6 +536,13 @@ impl Policy {
             && self.matches("follow_up", text)
     }
 
+    /// The message joined with the conversation's topic ("returns" + "and canada?"), when it
+    /// is a follow-up: the NLU reads that text beside the message itself.
+    pub fn follow_up_query(&self, st: &State, text: &str) -> Option<String> {
+        self.follow_up(st, text)
+            .then(|| format!("{} {text}", st.topic.as_deref().unwrap_or_default()))
+    }
+
     /// The intent `[[dialogue.reroute]]` gives a message instead of the head's, if any.
     pub fn rerouted(&self, intent: Option<&str>, text: &str) -> Option<&str> {
         let intent = intent?;
