@@ -265,6 +265,20 @@ impl Service {
         }
     }
 
+    /// The conversation, read under its lock (held until the returned guard drops).
+    async fn locked_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<(Locked<'_>, Conversation)> {
+        let locked = self.lock(conversation_id).await;
+        let conv = self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .ok_or_else(|| ConversationError::NotFound("conversation not found".into()))?;
+        Ok((locked, conv))
+    }
+
     /// The live frames of a conversation (agent joined, agent messages, resolved) for one
     /// socket. Call [`Service::unsubscribe`] when the socket closes.
     pub fn subscribe(
@@ -356,12 +370,7 @@ impl Service {
         // answered one after the other, each seeing the state the one before it stored (two
         // tabs sending at once included). A follow-up is read with its topic in the same NLU
         // batch as the message itself.
-        let locked = self.lock(conversation_id).await;
-        let conv = self
-            .store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| ConversationError::NotFound("conversation not found".into()))?;
+        let (locked, conv) = self.locked_conversation(conversation_id).await?;
         let joined = brain
             .policy()
             .follow_up_query(&parse_state(&conv.state), &brain.redact_for_storage(&text));
@@ -516,12 +525,7 @@ impl Service {
                 "message_id is not a bot reply of this conversation".into(),
             ));
         }
-        let locked = self.lock(conversation_id).await;
-        let conv = self
-            .store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| ConversationError::NotFound("conversation not found".into()))?;
+        let (locked, conv) = self.locked_conversation(conversation_id).await?;
         let mut st = parse_state(&conv.state);
         let escalated = brain.policy().feedback(&mut st, helpful);
         let json = state_json(&st);
