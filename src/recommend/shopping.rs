@@ -455,8 +455,22 @@ impl ProductIndex {
     /// shirt").
     pub fn named(&self, text: &str) -> Option<usize> {
         let msg = words(text);
-        let has = |w: &str| msg.iter().any(|m| same_word(m, w));
-        let at = |w: &str| msg.iter().rposition(|m| same_word(m, w)).unwrap_or(0);
+        // The catalog's name words the message says (a typo or a plural form allowed), each
+        // with where it is said last: once per distinct word, not once per product naming it.
+        let said: HashMap<&str, usize> = self
+            .word_products
+            .keys()
+            .filter_map(|w| {
+                msg.iter()
+                    .rposition(|m| same_word(m, w))
+                    .map(|p| (w.as_str(), p))
+            })
+            .collect();
+        if said.is_empty() {
+            return None;
+        }
+        let has = |w: &str| said.contains_key(w);
+        let at = |w: &str| said.get(w).copied().unwrap_or(0);
         // Each product: whether one of its names is said whole, how many of its name words are
         // said, and where the last of them is. A product is named when a name is said whole,
         // or two of its words, or one word that belongs to it alone (and is no kind or colour:
