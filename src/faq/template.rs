@@ -414,22 +414,24 @@ fn sentences(line: &str) -> Vec<&str> {
     let mut start = 0;
     let mut chars = line.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if matches!(c, '.' | '!' | '?') {
-            if let Some(&(_, n)) = chars.peek() {
-                if n.is_whitespace() {
-                    let mut end = i + c.len_utf8();
-                    while let Some(&(j, w)) = chars.peek() {
-                        if !w.is_whitespace() {
-                            break;
-                        }
-                        end = j + w.len_utf8();
-                        chars.next();
-                    }
-                    out.push(&line[start..end]);
-                    start = end;
-                }
-            }
+        // Chinese and Japanese end a sentence with a full-width mark and no space after it;
+        // ".", "!" and "?" end one only before a space ("4.5 days", "jp-shop.com" do not).
+        let next_is_space = chars.peek().is_some_and(|&(_, n)| n.is_whitespace());
+        let ends =
+            matches!(c, '。' | '！' | '？') || (matches!(c, '.' | '!' | '?') && next_is_space);
+        if !ends {
+            continue;
         }
+        let mut end = i + c.len_utf8();
+        while let Some(&(j, w)) = chars.peek() {
+            if !w.is_whitespace() {
+                break;
+            }
+            end = j + w.len_utf8();
+            chars.next();
+        }
+        out.push(&line[start..end]);
+        start = end;
     }
     if start < line.len() {
         out.push(&line[start..]);
@@ -538,6 +540,18 @@ order_number = "Could you tell me your order number?"
             "It ships soon!\n\nCould you tell me your order number?"
         );
         assert_eq!(r.missing_slots, vec!["order_number"]);
+    }
+
+    #[test]
+    fn sentences_end_at_full_width_marks_and_at_latin_ones_before_a_space() {
+        assert_eq!(
+            sentences("退货期为30天。退款在7天内到账！还有问题吗？"),
+            vec!["退货期为30天。", "退款在7天内到账！", "还有问题吗？"]
+        );
+        assert_eq!(
+            sentences("It takes 4.5 days. See jp-shop.com! Ok"),
+            vec!["It takes 4.5 days. ", "See jp-shop.com! ", "Ok"]
+        );
     }
 
     #[test]
