@@ -5,14 +5,16 @@ CARGO ?= cargo
 
 models:
 	$(CARGO) run --release -q -- models fetch
+	$(CARGO) run --release -q -- models fetch multilingual-e5-small
 
-# Demo: index the demo shop's FAQ, train its recommender, serve it (http://127.0.0.1:8080).
+# Demo: index the demo shop's FAQ, train its recommender, serve it (http://127.0.0.1:8080), in
+# English and, for shoppers who write Chinese, in Chinese (prompts/zh.toml).
 # The agent token below is for this local demo only; make your own with `shopdesk agent-token`.
 DEMO_AGENT_TOKEN = shopdesk-demo-agent
 DEMO_AGENT_SHA256 = f91aca9d6296e93d9f1bd9833aec7060dd45dce61e27e0e4f1e388462a3073aa
 run: demo-data
 	@echo "demo agent token: $(DEMO_AGENT_TOKEN)  (Authorization: Bearer $(DEMO_AGENT_TOKEN))"
-	$(CARGO) run --release -q -- serve --agent demo:$(DEMO_AGENT_SHA256)
+	$(CARGO) run --release -q -- serve --multilingual --agent demo:$(DEMO_AGENT_SHA256)
 
 demo-data: models
 	$(CARGO) run --release -q -- index build --faq index/demo-faq.csv

@@ -82,6 +82,12 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<String>,
+    /// Also read messages in other languages than the shop's (Chinese, German, ...) with
+    /// multilingual-e5-small and its heads (`shopdesk models fetch multilingual-e5-small`;
+    /// about 0.5 GB more memory). Replies are in the shopper's language where the shop has
+    /// `prompts/<language>.toml`.
+    #[arg(long, env = "SHOPDESK_MULTILINGUAL")]
+    multilingual: bool,
     /// Seconds a client has to send a request's headers (idle keep-alive connections included).
     #[arg(long, env = "SHOPDESK_HEADER_TIMEOUT_SECS")]
     header_timeout_secs: Option<u64>,
@@ -235,6 +241,19 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
     // lane answers 429 instead of queueing without bound.
     nlu.batch_workers = Some(nlu.workers.saturating_sub(1).max(1));
     nlu.batch_queue_capacity = 32;
+    let multilingual = a.multilingual.then(|| {
+        // The converted model `models fetch multilingual-e5-small` wrote under the models root.
+        let mut source = s.encoder.clone();
+        source.name = shopdesk::nlu::hub::MULTILINGUAL_ENCODER.to_string();
+        source.model_dir = None;
+        source.offline = true;
+        let mut m = NluConfig::new(source, &s.models_root);
+        m.device = s.device;
+        m.precision = nlu.precision;
+        // One worker: other languages are the smaller share of a shop's chats.
+        m.workers = 1;
+        m
+    });
     let mut allowed_origins = f.allowed_origins;
     allowed_origins.extend(a.allowed_origins.iter().cloned());
     Ok(ServerConfig {
@@ -255,6 +274,7 @@ pub fn config(a: &ServeArgs, s: &Settings, file: &FileConfig) -> Result<ServerCo
                 .clone()
                 .or(f.recommend_dir)
                 .unwrap_or_else(|| s.models_root.join("recommend")),
+            multilingual,
         },
         session_secret,
         session_ttl: Duration::from_secs(a.session_days.max(1) * 86_400),

@@ -39,6 +39,15 @@ pub struct EngineConfig {
     pub locale: String,
     /// `models/recommend`; a missing model disables recommendations with a warning.
     pub recommend_dir: PathBuf,
+    /// The NLU for messages in other languages than `locale` (multilingual-e5-small and its
+    /// heads), if the shop serves them; `None`: every message is read by `nlu`.
+    pub multilingual: Option<NluConfig>,
+}
+
+/// The texts and rules of one reply language (`prompts/<tag>.toml`).
+pub struct Voice {
+    pub filler: Filler,
+    pub policy: Policy,
 }
 
 /// The loaded models, index, templates and policy. Shared by every connection.
@@ -64,6 +73,11 @@ pub struct Engine {
     /// message (the shop's own examples know distinctions the head was not taught).
     pub intent_vote: VoteOptions,
     pub locale: String,
+    /// Reply languages besides `locale`, by tag: every `prompts/<tag>.toml` with a two-letter
+    /// tag.
+    pub voices: BTreeMap<String, Voice>,
+    /// Reads messages in other languages than `locale` (see [`EngineConfig::multilingual`]).
+    pub multilingual: Option<Nlu>,
 }
 
 /// The catalog as product questions see it, with each product's popularity (0..1) to break
@@ -109,6 +123,41 @@ impl Shop {
                 .collect(),
         }
     }
+}
+
+/// Every `prompts/<tag>.toml` with a two-letter tag other than `default` (`zh.toml`), loaded
+/// and checked like the default locale's.
+fn load_voices(
+    prompts: &std::path::Path,
+    default: &str,
+) -> Result<BTreeMap<String, Voice>, LoadError> {
+    let mut voices = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(prompts) else {
+        return Ok(voices);
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Some(tag) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_lowercase()))
+        else {
+            continue;
+        };
+        if tag == default || path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let filler = Filler::load(prompts, tag).map_err(|e| LoadError {
+            what: "reply templates",
+            reason: e.to_string(),
+        })?;
+        let policy = Policy::load(prompts, tag).map_err(|e| LoadError {
+            what: "dialogue policy",
+            reason: e.to_string(),
+        })?;
+        voices.insert(tag.to_string(), Voice { filler, policy });
+    }
+    Ok(voices)
 }
 
 fn build_shop(nlu: &Nlu, rec: &Recommender, cues: &Cues) -> Shop {
@@ -208,7 +257,23 @@ impl Engine {
                 reason: format!("[orders] number_pattern is not a valid regex: {e}"),
             })?;
         }
+        // Other reply languages only when other languages are read: a shop that serves one
+        // language answers in it, whatever the browser's locale.
+        let voices = if cfg.multilingual.is_some() {
+            load_voices(&cfg.prompts_dir, &cfg.locale)?
+        } else {
+            BTreeMap::new()
+        };
+        let multilingual = match &cfg.multilingual {
+            Some(m) => Some(Nlu::start(m.clone()).map_err(|e| LoadError {
+                what: "multilingual NLU",
+                reason: format!("{e} (run `shopdesk models fetch multilingual-e5-small`)"),
+            })?),
+            None => None,
+        };
         Ok(Engine {
+            voices,
+            multilingual,
             nlu,
             faq: ArcSwap::from_pointee(faq),
             index_dir: cfg.index_dir.clone(),
@@ -258,17 +323,37 @@ impl Engine {
         read: &Read,
         customer_id: Option<&str>,
     ) -> TurnResult {
+        // The reply's language: the message's when the NLU was told it, else the one the
+        // conversation had.
+        if let Some(l) = &read.language {
+            state.language = Some(l.clone());
+        }
+        let (policy, filler) = self.voice(state.language.as_deref());
+        let speaks_faq = self.speaks_faq(state.language.as_deref());
+        // A multilingual reading's embedding lives in another space than the FAQ's and the
+        // catalog's vectors: it must not be compared with them.
+        let stripped;
+        let read = if read.multilingual {
+            stripped = read.without_embeddings();
+            &stripped
+        } else {
+            read
+        };
+        let nlu = match (&self.multilingual, read.multilingual) {
+            (Some(m), true) => m,
+            _ => &self.nlu,
+        };
         let cls = &read.own;
         // A follow-up ("and canada?") is understood together with the conversation's topic:
         // intent and FAQ from the two read as one; sentiment and slots from the message alone.
         // The NLU read the joined text with the message; only if the topic changed since
         // (another tab's turn) is it read again here.
-        let follow = self.policy.follow_up_query(state, text);
+        let follow = policy.follow_up_query(state, text);
         let with_topic = follow.as_ref().and_then(|q| {
             if let Some((_, c)) = read.joined.as_ref().filter(|(j, _)| j == q) {
                 return Some(c.clone());
             }
-            match self.nlu.classify_embed_chat_blocking(vec![q.clone()]) {
+            match nlu.classify_embed_chat_blocking(vec![q.clone()]) {
                 Ok(mut v) if !v.is_empty() => Some(v.swap_remove(0)),
                 Ok(_) => None,
                 Err(e) => {
@@ -300,7 +385,7 @@ impl Engine {
         // A follow-up that is a whole question by itself ("and when do i get the money back")
         // is read alone when the head is surer of that reading than of the joined one; one
         // that points back ("how long will it take") needs its topic whatever the head says.
-        let points_back = self.policy.points_back(text);
+        let points_back = policy.points_back(text);
         let surer_alone = |t: &Classification| {
             if points_back {
                 return false;
@@ -347,7 +432,7 @@ impl Engine {
                 text,
                 own.embedding.as_deref(),
                 &ctx,
-                self.policy.config.products.count,
+                policy.config.products.count,
             );
         }
         let read = if cls.intent.as_ref().is_some_and(|p| !p.out_of_scope) {
@@ -373,11 +458,14 @@ impl Engine {
         }
         let k = TurnKnowledge {
             engine: self,
+            filler,
+            faq: speaks_faq,
             embedding: cls.embedding.as_deref(),
             intent_probs: cls.intent.as_ref().map_or(&[], |p| p.probs.as_slice()),
             own_intent: intent.map(|p| p.label.as_str()),
         };
-        let decision = self.policy.turn(state, &u, &k);
+        let mut decision = policy.turn(state, &u, &k);
+        self.tell_reply_language(state, &mut decision);
         let products = self.products(&decision.products, customer_id);
         TurnResult {
             intent: label,
@@ -408,13 +496,56 @@ impl Engine {
 
     /// The escalation message after a shopper marked replies unhelpful.
     pub fn escalation_text(&self, state: &State) -> String {
+        let (policy, filler) = self.voice(state.language.as_deref());
         let k = TurnKnowledge {
             engine: self,
+            filler,
+            faq: self.speaks_faq(state.language.as_deref()),
             embedding: None,
             intent_probs: &[],
             own_intent: None,
         };
-        self.policy.escalation_text(state, &k)
+        policy.escalation_text(state, &k)
+    }
+
+    /// The policy and texts replies in `language` are written with: its own when the shop
+    /// has `prompts/<language>.toml`, else the default locale's.
+    pub fn voice(&self, language: Option<&str>) -> (&Policy, &Filler) {
+        match language.and_then(|l| self.voices.get(l)) {
+            Some(v) => (&v.policy, &v.filler),
+            None => (&self.policy, &self.filler),
+        }
+    }
+
+    /// A shopper writing a language the shop has no texts for is told once, in their
+    /// language, that replies are in the shop's (`[dialogue.other_languages]`).
+    fn tell_reply_language(&self, state: &mut State, d: &mut crate::dialogue::Decision) {
+        let Some(l) = state.language.as_deref() else {
+            return;
+        };
+        if l == self.locale
+            || self.voices.contains_key(l)
+            || self.multilingual.is_none()
+            || state.told_language.as_deref() == Some(l)
+        {
+            return;
+        }
+        let (Some(line), Some(reply)) = (self.policy.other_language_line(l), d.reply.as_mut())
+        else {
+            return;
+        };
+        *reply = format!("{line}\n\n{reply}");
+        state.told_language = Some(l.to_string());
+    }
+
+    /// Whether the FAQ's answers (written in the default locale) suit a reply in `language`.
+    fn speaks_faq(&self, language: Option<&str>) -> bool {
+        language.is_none_or(|l| l == self.locale || !self.voices.contains_key(l))
+    }
+
+    /// Whether a message in `language` is read by the multilingual NLU.
+    fn reads_with_multilingual(&self, language: Option<&str>) -> bool {
+        self.multilingual.is_some() && language.is_some_and(|l| l != self.locale)
     }
 
     fn products(&self, req: &ProductRequest, customer_id: Option<&str>) -> Vec<ProductOut> {
@@ -482,6 +613,10 @@ fn catalog_out(p: &Product) -> ProductOut {
 /// The FAQ and templates as the policy sees them during one turn.
 struct TurnKnowledge<'a> {
     engine: &'a Engine,
+    /// The reply language's texts.
+    filler: &'a Filler,
+    /// Whether FAQ answers may be used: they are written in the default locale.
+    faq: bool,
     embedding: Option<&'a [f32]>,
     /// The message's intent distribution (the FAQ ranks entries by agreement with it).
     intent_probs: &'a [(String, f32)],
@@ -491,6 +626,9 @@ struct TurnKnowledge<'a> {
 
 impl Knowledge for TurnKnowledge<'_> {
     fn answer(&self, text: &str, intent: Option<&str>) -> Option<KnownAnswer> {
+        if !self.faq {
+            return None;
+        }
         let t = Instant::now();
         let opts = &self.engine.search;
         let hits = match self.engine.faq.load().search_with(
@@ -541,6 +679,9 @@ impl Knowledge for TurnKnowledge<'_> {
         })
     }
     fn entry(&self, id: &str) -> Option<KnownAnswer> {
+        if !self.faq {
+            return None;
+        }
         let hit = match self.engine.faq.load().entry(id) {
             Ok(h) => h?,
             Err(e) => {
@@ -557,13 +698,13 @@ impl Knowledge for TurnKnowledge<'_> {
         })
     }
     fn intent_template(&self, intent: &str) -> Option<String> {
-        self.engine.filler.intent_template(intent).map(String::from)
+        self.filler.intent_template(intent).map(String::from)
     }
     fn ask_for(&self, slot: &str) -> Option<String> {
-        self.engine.filler.texts().ask.get(slot).cloned()
+        self.filler.texts().ask.get(slot).cloned()
     }
     fn fill(&self, template: &str, slots: &BTreeMap<String, String>) -> Filled {
-        self.engine.filler.fill(template, slots)
+        self.filler.fill(template, slots)
     }
 }
 
@@ -572,8 +713,13 @@ impl Brain for Engine {
         &self,
         text: String,
         joined: Option<String>,
+        language: Option<String>,
     ) -> BoxFuture<'static, Result<Read, NluError>> {
-        let nlu = self.nlu.clone();
+        let multilingual = self.reads_with_multilingual(language.as_deref());
+        let nlu = match (&self.multilingual, multilingual) {
+            (Some(m), true) => m.clone(),
+            _ => self.nlu.clone(),
+        };
         Box::pin(async move {
             let mut texts = vec![text];
             texts.extend(joined.clone());
@@ -582,8 +728,17 @@ impl Brain for Engine {
                 .next()
                 .ok_or_else(|| NluError::Invalid("no classification".into()))?;
             let joined = joined.zip(v.next());
-            Ok(Read { own, joined })
+            Ok(Read {
+                own,
+                joined,
+                language,
+                multilingual,
+            })
         })
+    }
+
+    fn policy_in(&self, language: Option<&str>) -> &Policy {
+        self.voice(language).0
     }
 
     fn decide(

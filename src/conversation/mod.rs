@@ -92,6 +92,7 @@ pub trait Brain: Send + Sync + 'static {
         &self,
         text: String,
         joined: Option<String>,
+        language: Option<String>,
     ) -> BoxFuture<'static, Result<Read, NluError>>;
     /// Slots, FAQ, policy and products for one message; updates `state`. Blocking CPU work.
     fn decide(
@@ -106,6 +107,10 @@ pub trait Brain: Send + Sync + 'static {
     /// The message as it may be logged (personal data removed).
     fn redact_for_log(&self, text: &str) -> String;
     fn policy(&self) -> &Policy;
+    /// The policy of replies in `language` (its patterns tell a follow-up in that language).
+    fn policy_in(&self, _language: Option<&str>) -> &Policy {
+        self.policy()
+    }
     /// The escalation message after a shopper marked replies unhelpful.
     fn escalation_text(&self, state: &State) -> String;
 }
@@ -117,6 +122,26 @@ pub struct Read {
     pub own: Classification,
     /// The message joined with the topic it follows up on (the joined text, its reading).
     pub joined: Option<(String, Classification)>,
+    /// The language the message was read as ("zh"), when known.
+    pub language: Option<String>,
+    /// Read by the multilingual encoder: its embeddings are not comparable with the FAQ's.
+    pub multilingual: bool,
+}
+
+impl Read {
+    /// The same reading without its embeddings.
+    pub fn without_embeddings(&self) -> Read {
+        let strip = |c: &Classification| Classification {
+            embedding: None,
+            ..c.clone()
+        };
+        Read {
+            own: strip(&self.own),
+            joined: self.joined.as_ref().map(|(j, c)| (j.clone(), strip(c))),
+            language: self.language.clone(),
+            multilingual: self.multilingual,
+        }
+    }
 }
 
 /// Time spent in each stage of a turn (for metrics).
@@ -371,10 +396,20 @@ impl Service {
         // tabs sending at once included). A follow-up is read with its topic in the same NLU
         // batch as the message itself.
         let (locked, conv) = self.locked_conversation(conversation_id).await?;
+        let before = parse_state(&conv.state);
+        // The message's own language when it is clear, else the conversation's, else the
+        // widget's locale ("de-DE" → "de").
+        let language = crate::text::language_tag(&text)
+            .map(String::from)
+            .or(before.language.clone())
+            .or_else(|| {
+                let tag = conv.locale.split(['-', '_']).next().unwrap_or_default();
+                (!tag.is_empty()).then(|| tag.to_ascii_lowercase())
+            });
         let joined = brain
-            .policy()
-            .follow_up_query(&parse_state(&conv.state), &brain.redact_for_storage(&text));
-        let read = match brain.understand(text.clone(), joined).await {
+            .policy_in(language.as_deref())
+            .follow_up_query(&before, &brain.redact_for_storage(&text));
+        let read = match brain.understand(text.clone(), joined, language).await {
             Ok(c) => c,
             Err(NluError::Overloaded) => return Err(ConversationError::Busy),
             Err(e) => {

@@ -92,6 +92,7 @@ impl Brain for FakeBrain {
         &self,
         text: String,
         joined: Option<String>,
+        language: Option<String>,
     ) -> BoxFuture<'static, Result<Read, NluError>> {
         let busy = self.busy.load(Ordering::Relaxed);
         self.joined.lock().expect("lock").push(joined.clone());
@@ -105,6 +106,8 @@ impl Brain for FakeBrain {
                     let c = classify(&j);
                     (j, c)
                 }),
+                language,
+                multilingual: false,
             })
         })
     }

@@ -117,6 +117,10 @@ pub struct DialogueTexts {
     /// match wins).
     #[serde(default)]
     pub reroute: Vec<Reroute>,
+    /// Language tag → a line in that language saying the replies are in this locale's
+    /// language (the shop has no texts in theirs). Said once per conversation.
+    #[serde(default)]
+    pub other_languages: BTreeMap<String, String>,
 }
 
 /// `[[dialogue.reroute]]`: a message read as one of `from` that matches `pattern` is about `to`.
@@ -350,6 +354,12 @@ pub struct State {
     /// again.
     pub last_answer: Option<String>,
     pub repeats: u32,
+    /// The language the shopper writes in ("en", "zh"): the widget's locale at first, then
+    /// each message's when it is clear (`text::language_tag`). Replies are in it when the
+    /// shop has texts for it.
+    pub language: Option<String>,
+    /// The language the shopper was told replies are not in (said once).
+    pub told_language: Option<String>,
 }
 
 impl Default for State {
@@ -370,6 +380,8 @@ impl Default for State {
             topic: None,
             last_answer: None,
             repeats: 0,
+            language: None,
+            told_language: None,
         }
     }
 }
@@ -541,6 +553,12 @@ impl Policy {
     pub fn follow_up_query(&self, st: &State, text: &str) -> Option<String> {
         self.follow_up(st, text)
             .then(|| format!("{} {text}", st.topic.as_deref().unwrap_or_default()))
+    }
+
+    /// The line that tells a shopper writing `language` that replies are in this locale's
+    /// language, if the locale has one for it.
+    pub fn other_language_line(&self, language: &str) -> Option<&str> {
+        self.texts.other_languages.get(language).map(String::as_str)
     }
 
     /// The intent `[[dialogue.reroute]]` gives a message instead of the head's, if any.

@@ -728,3 +728,59 @@ fn an_invalid_reroute_pattern_is_named_at_load() {
         .expect("invalid pattern");
     assert!(err.contains("[[dialogue.reroute]] #2"), "{err}");
 }
+
+/// Every reply language the demo shop has (`prompts/<tag>.toml`) loads, answers every intent
+/// the English texts answer, and fills each answer from the profile without dropping a sentence
+/// (a slot missing only asks for it).
+#[test]
+fn every_locale_answers_every_intent_from_the_profile() {
+    let dir = prompts();
+    let en = Filler::load(&dir, "en").expect("en");
+    let intents: Vec<String> = en
+        .texts()
+        .rest
+        .get("intents")
+        .and_then(|t| t.as_table())
+        .expect("[intents] in en.toml")
+        .keys()
+        .cloned()
+        .collect();
+    let slots: BTreeMap<String, String> = [
+        ("order_number", "JP-20931"),
+        ("invoice_number", "#1001"),
+        ("tracking_number", "1Z999"),
+        ("customer_name", "Ada"),
+        ("purchase_date", "May 2"),
+        ("payment_method", "PayPal"),
+        ("delivery_eta", "Friday"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut locales = 0;
+    for e in std::fs::read_dir(&dir).expect("prompts") {
+        let path = e.expect("entry").path();
+        let Some(tag) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if tag.len() != 2 || tag == "en" || path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        locales += 1;
+        Policy::load(&dir, tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        let f = Filler::load(&dir, tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        for i in &intents {
+            let t = f
+                .intent_template(i)
+                .unwrap_or_else(|| panic!("{tag}.toml has no [intents] {i}"));
+            let filled = f.fill(t, &slots);
+            assert_eq!(
+                (filled.dropped_sentences, filled.fallback),
+                (0, false),
+                "{tag}.toml [intents] {i}: {}",
+                filled.text
+            );
+        }
+    }
+    assert!(locales >= 1, "no locale besides en in prompts/");
+}

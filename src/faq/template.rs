@@ -226,6 +226,14 @@ impl Filler {
             patterns.push((re, src));
         }
         let texts: LocaleTexts = toml::from_str(locale_toml).map_err(|e| (1, e.to_string()))?;
+        // A locale may say the shop's facts in its own words (`[profile.policy] refund_time
+        // = "5–7个工作日"`): those replace shop.toml's values in its replies.
+        let mut profile = profile;
+        if let Some(v @ toml::Value::Table(_)) = texts.rest.get("profile") {
+            let mut local = BTreeMap::new();
+            flatten("", v, &mut local).map_err(|e| (1, format!("[profile]: {e}")))?;
+            profile.0.extend(local);
+        }
         let mut filler = Filler {
             profile,
             table,

@@ -128,24 +128,26 @@ impl SlotExtractor {
             })
             .flatten();
         SlotExtractor {
-            email: re(r"(?i)\b[a-z0-9][a-z0-9._%+-]*@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b"),
-            card: re(r"\b\d(?:[ -]?\d){12,18}\b"),
+            email: re(
+                r"(?i)(?-u:\b)[a-z0-9][a-z0-9._%+-]*@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?-u:\b)",
+            ),
+            card: re(r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)"),
             phone: re(
-                r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\b\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?\b",
+                r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?(?-u:\b)\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?-u:\b)",
             ),
             amount: re(
-                r"(?i)(?:[$€£]\s?(\d[\d,]*(?:\.\d{1,2})?)|\b(\d[\d,]*(?:\.\d{1,2})?)\s?(?:dollars?|bucks|euros?|pounds?|usd|eur|gbp)\b)",
+                r"(?i)(?:[$€£]\s?(\d[\d,]*(?:\.\d{1,2})?)|(?-u:\b)(\d[\d,]*(?:\.\d{1,2})?)\s?(?:dollars?|bucks|euros?|pounds?|usd|eur|gbp)(?-u:\b))",
             ),
             // An id is a token with at least four digits, optionally with a letter prefix, dashes
             // and a leading '#': 4451-23, ORD-20931, #00108, 113542617735902.
-            id: re(r"(?i)#?\b[a-z]{0,4}-?\d[\d-]{2,}\d[a-z0-9]*\b|#\d{3,}\b"),
-            code: re(r"\b[A-Za-z0-9]{6,16}\b"),
-            invoice_cue: re(r"(?i)\b(invoice|bill|receipt)s?\b"),
+            id: re(r"(?i)#?(?-u:\b)[a-z]{0,4}-?\d[\d-]{2,}\d[a-z0-9]*(?-u:\b)|#\d{3,}(?-u:\b)"),
+            code: re(r"(?-u:\b)[A-Za-z0-9]{6,16}(?-u:\b)"),
+            invoice_cue: re(r"(?i)(?-u:\b)(invoice|bill|receipt)s?(?-u:\b)"),
             order_cue: re(
-                r"(?i)\b(orders?|number|no|id|ref|reference|purchase|package|parcel|tracking|it's)\b|#",
+                r"(?i)(?-u:\b)(orders?|number|no|id|ref|reference|purchase|package|parcel|tracking|it's)(?-u:\b)|#|订单|单号|快递|包裹|物流",
             ),
             phone_cue: re(
-                r"(?i)\b(phone|call|calling|mobile|cell|tel|telephone|whats\s?app|text|sms|reach)\b",
+                r"(?i)(?-u:\b)(phone|call|calling|mobile|cell|tel|telephone|whats\s?app|text|sms|reach)(?-u:\b)",
             ),
             shop_order: None,
             products,
@@ -156,7 +158,11 @@ impl SlotExtractor {
     /// word boundaries, before any other kind). An invalid pattern is an error for the caller
     /// to show, not a silent fallback.
     pub fn with_order_pattern(mut self, pattern: &str) -> Result<Self, regex::Error> {
-        self.shop_order = Some(Regex::new(&format!(r"(?i)(?:^|\b|#)(?:{pattern})\b"))?);
+        // ASCII word boundaries: in "订单号是JP-30451" the number touches a Chinese character,
+        // which Unicode counts as part of a word.
+        self.shop_order = Some(Regex::new(&format!(
+            r"(?i)(?:^|(?-u:\b)|#)(?:{pattern})(?-u:\b)"
+        ))?);
         Ok(self)
     }
 
@@ -431,6 +437,8 @@ mod tests {
             ("order number is a1b2c3d4 pls", "a1b2c3d4"),
             ("JP-20931 hasn't shipped", "JP-20931"),
             ("where's 55120", "55120"),
+            ("订单号是4471-209", "4471-209"),
+            ("我的订单A1B2C3D4还没到", "A1B2C3D4"),
         ] {
             assert_eq!(
                 kinds(&x, text),
@@ -464,6 +472,10 @@ mod tests {
         assert_eq!(
             kinds(&x, "hi, jp204931 is late"),
             vec![(SlotKind::OrderNumber, "jp204931".into())]
+        );
+        assert_eq!(
+            kinds(&x, "订单号是JP204931"),
+            vec![(SlotKind::OrderNumber, "JP204931".into())]
         );
         assert!(SlotExtractor::default().with_order_pattern("(").is_err());
     }

@@ -278,7 +278,7 @@ impl Session {
         let ClientFrame::Hello {
             session,
             customer_id,
-            ..
+            locale: widget_locale,
         } = hello
         else {
             return Err(Stop::Gone);
@@ -295,10 +295,19 @@ impl Session {
         }
         let app = self.app.clone();
         let resume = session.as_deref().and_then(|t| app.signer.verify(t));
-        let locale = app
-            .engine()
-            .map(|e| e.locale.clone())
-            .unwrap_or_else(|_| app.config.engine.locale.clone());
+        // The widget's locale (the browser's language, "zh-CN") is the conversation's first
+        // guess at the shopper's language; anything that is not a plain tag is ignored.
+        let locale = widget_locale
+            .filter(|l| {
+                (2..=16).contains(&l.len())
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+            .unwrap_or_else(|| {
+                app.engine()
+                    .map(|e| e.locale.clone())
+                    .unwrap_or_else(|_| app.config.engine.locale.clone())
+            });
         let opened = match app
             .service
             .open(resume.as_deref(), customer_id.as_deref(), &locale, HISTORY)

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use shopdesk::server::Limits;
 
 use crate::common;
-use crate::server::{start, Shopper};
+use crate::server::{start_with, Shopper};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,8 @@ struct Conversation {
     name: String,
     customer: Option<String>,
     product_page: Option<String>,
+    /// The widget's locale ("de-DE"); "en" when not given.
+    locale: Option<String>,
     known_gap: Option<String>,
     turn: Vec<Turn>,
 }
@@ -171,10 +173,9 @@ fn check(t: &Turn, f: &Value) -> Vec<String> {
     bad
 }
 
-fn load() -> Vec<(String, Conversation)> {
-    let dir = common::repo().join("tests").join("conversations");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/conversations")
+fn load(dir: &std::path::Path) -> Vec<(String, Conversation)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
@@ -195,11 +196,48 @@ fn load() -> Vec<(String, Conversation)> {
 
 #[test]
 fn golden_conversations() {
-    let convs = load();
+    let dir = common::repo().join("tests").join("conversations");
+    run_suite(&dir, 60, |_| {});
+}
+
+/// Shoppers writing Chinese, German and Spanish, on a server that reads other languages
+/// (`serve --multilingual`).
+#[test]
+fn multilingual_golden_conversations() {
+    let multi = common::models_root().join("multilingual-e5-small");
     assert!(
-        convs.len() >= 60,
-        "only {} golden conversations",
-        convs.len()
+        multi.join("model.safetensors").exists(),
+        "the multilingual encoder is missing from {}: run `cargo run -- models fetch multilingual-e5-small` first (.ci/run does)",
+        multi.display()
+    );
+    let dir = common::repo()
+        .join("tests")
+        .join("conversations")
+        .join("multilingual");
+    run_suite(&dir, 10, |c| {
+        let mut source = common::encoder_source();
+        source.name = shopdesk::nlu::hub::MULTILINGUAL_ENCODER.to_string();
+        source.model_dir = None;
+        source.offline = true;
+        let mut m = shopdesk::nlu::NluConfig::new(source, common::models_root());
+        m.precision = shopdesk::nlu::Precision::Bf16;
+        c.engine.multilingual = Some(m);
+    });
+}
+
+/// Runs every conversation of `dir`'s `*.toml` files against a real server (configured by
+/// `configure`) and prints each file's score; fails on a wrong turn outside a `known_gap`.
+fn run_suite(
+    dir: &std::path::Path,
+    at_least: usize,
+    configure: impl FnOnce(&mut shopdesk::server::ServerConfig),
+) {
+    let convs = load(dir);
+    assert!(
+        convs.len() >= at_least,
+        "only {} golden conversations in {}",
+        convs.len(),
+        dir.display()
     );
     let mut names = std::collections::BTreeSet::new();
     for (_, c) in &convs {
@@ -211,14 +249,17 @@ fn golden_conversations() {
         assert!(!c.turn.is_empty(), "{}: no turns", c.name);
     }
     // One shopper after another from one address: the per-address budgets are not under test.
-    let addr = start(Limits {
-        ip_messages_per_minute: 100_000,
-        ip_messages_burst: 100_000,
-        ip_connections_per_minute: 100_000,
-        ip_connections_burst: 100_000,
-        session_per_minute: 100_000,
-        session_burst: 100_000,
-        ..Limits::default()
+    let addr = start_with(|c| {
+        c.limits = Limits {
+            ip_messages_per_minute: 100_000,
+            ip_messages_burst: 100_000,
+            ip_connections_per_minute: 100_000,
+            ip_connections_burst: 100_000,
+            session_per_minute: 100_000,
+            session_burst: 100_000,
+            ..Limits::default()
+        };
+        configure(c);
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,7 +272,8 @@ fn golden_conversations() {
         let mut wrong: Vec<String> = Vec::new();
         let mut right_turns = 0;
         rt.block_on(async {
-            let mut s = Shopper::connect(addr, None, c.customer.as_deref()).await;
+            let locale = c.locale.as_deref().unwrap_or("en");
+            let mut s = Shopper::connect_in(addr, None, c.customer.as_deref(), locale).await;
             for (n, t) in c.turn.iter().enumerate() {
                 let id = format!("g{n}");
                 let mut frame = json!({"type": "message", "id": id, "text": t.say});

@@ -92,6 +92,7 @@ pub fn config(db: &Path, limits: Limits) -> ServerConfig {
             prompts_dir: repo.join("prompts"),
             locale: "en".into(),
             recommend_dir: shop.recommend_dir.clone(),
+            multilingual: None,
         },
         session_secret: None,
         session_ttl: Duration::from_secs(3600),
@@ -229,11 +230,21 @@ impl Shopper {
         session: Option<&str>,
         customer: Option<&str>,
     ) -> Shopper {
+        Shopper::connect_in(addr, session, customer, "en").await
+    }
+
+    /// [`Shopper::connect`] from a widget whose locale (the browser's language) is `locale`.
+    pub async fn connect_in(
+        addr: SocketAddr,
+        session: Option<&str>,
+        customer: Option<&str>,
+        locale: &str,
+    ) -> Shopper {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/chat"))
             .await
             .expect("connect");
         let hello =
-            json!({"type": "hello", "session": session, "customer_id": customer, "locale": "en"});
+            json!({"type": "hello", "session": session, "customer_id": customer, "locale": locale});
         ws.send(Message::text(hello.to_string()))
             .await
             .expect("hello");
