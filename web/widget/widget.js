@@ -42,7 +42,15 @@
       agent: "Agente", resolved: "La conversación se resolvió. El asistente ha vuelto.", connecting: "Conectando…",
       reconnecting: "Conexión perdida. Reconectando…", escalated: "Una persona de nuestro equipo se unirá.",
       unread: "{n} sin leer", you: "Tú", intro: "¡Hola! Pregúntame por tu pedido, devoluciones, tallas o productos.", bot: "Asistente", suggestions: "Te puede gustar", log: "Mensajes del chat",
-      error: "Algo salió mal: {message}", about: "Pregunta sobre: {title}" }
+      error: "Algo salió mal: {message}", about: "Pregunta sobre: {title}" },
+    zh: { open: "在线咨询", close: "关闭对话", title: "购物助手", placeholder: "请输入消息…",
+      send: "发送", typing: "助手正在输入…", helpful: "有帮助", unhelpful: "没帮助",
+      thanks: "感谢您的反馈。", joined: "{agent} 加入了对话。", agent: "客服",
+      resolved: "对话已标记为已解决，助手回来了。", connecting: "正在连接…",
+      reconnecting: "连接已断开，正在重新连接…", escalated: "我们团队的工作人员会来为您服务。",
+      unread: "{n} 条未读", you: "您", intro: "您好！订单、退货、尺码或商品的问题都可以问我。", bot: "助手", suggestions: "您可能会喜欢",
+      log: "聊天消息", error: "出错了：{message}", about: "正在咨询：{title}",
+      qStock: "有货吗？", qPrice: "多少钱？", qSizes: "有哪些尺码？" }
   };
   var locale = (ds.locale || document.documentElement.lang || navigator.language || "en").toLowerCase();
   var T = STRINGS[locale] || STRINGS[locale.split("-")[0]] || STRINGS.en;
