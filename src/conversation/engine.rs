@@ -741,6 +741,10 @@ impl Brain for Engine {
         self.voice(language).0
     }
 
+    fn reads_other_languages(&self) -> bool {
+        self.multilingual.is_some()
+    }
+
     fn decide(
         &self,
         state: &mut State,

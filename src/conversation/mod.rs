@@ -107,6 +107,11 @@ pub trait Brain: Send + Sync + 'static {
     /// The message as it may be logged (personal data removed).
     fn redact_for_log(&self, text: &str) -> String;
     fn policy(&self) -> &Policy;
+    /// Whether messages in other languages than the shop's are read as such (`serve
+    /// --multilingual`): only then is a message's language detected.
+    fn reads_other_languages(&self) -> bool {
+        false
+    }
     /// The policy of replies in `language` (its patterns tell a follow-up in that language).
     fn policy_in(&self, _language: Option<&str>) -> &Policy {
         self.policy()
@@ -396,19 +401,26 @@ impl Service {
         // tabs sending at once included). A follow-up is read with its topic in the same NLU
         // batch as the message itself.
         let (locked, conv) = self.locked_conversation(conversation_id).await?;
-        let before = parse_state(&conv.state);
+        let mut st = parse_state(&conv.state);
+        // Card numbers are never kept: not in the transcript, not in the slots.
+        let stored = brain.redact_for_storage(&text);
         // The message's own language when it is clear, else the conversation's, else the
-        // widget's locale ("de-DE" → "de").
-        let language = crate::text::language_tag(&text)
-            .map(String::from)
-            .or(before.language.clone())
-            .or_else(|| {
-                let tag = conv.locale.split(['-', '_']).next().unwrap_or_default();
-                (!tag.is_empty()).then(|| tag.to_ascii_lowercase())
-            });
+        // widget's locale ("de-DE" → "de"); only asked when the shop reads other languages.
+        let language = brain
+            .reads_other_languages()
+            .then(|| {
+                crate::text::language_tag(&text)
+                    .map(String::from)
+                    .or(st.language.clone())
+                    .or_else(|| {
+                        let tag = conv.locale.split(['-', '_']).next().unwrap_or_default();
+                        (!tag.is_empty()).then(|| tag.to_ascii_lowercase())
+                    })
+            })
+            .flatten();
         let joined = brain
             .policy_in(language.as_deref())
-            .follow_up_query(&before, &brain.redact_for_storage(&text));
+            .follow_up_query(&st, &stored);
         let read = match brain.understand(text.clone(), joined, language).await {
             Ok(c) => c,
             Err(NluError::Overloaded) => return Err(ConversationError::Busy),
@@ -428,7 +440,6 @@ impl Service {
             let brain = brain.clone();
             let customer = customer_id.map(String::from);
             let read = read.clone();
-            let mut st = parse_state(&conv.state);
             if let Some(p) = page_product.filter(|p| !p.is_empty() && p.len() <= 128) {
                 // The page counts only when the shopper has not named another product since
                 // opening the chat on it.
@@ -437,8 +448,6 @@ impl Service {
                 }
             }
             crate::blocking::spawn(move || {
-                // Card numbers are never kept: not in the transcript, not in the slots.
-                let stored = brain.redact_for_storage(&text);
                 let r = brain.decide(&mut st, &stored, &read, customer.as_deref());
                 (st, r, stored)
             })
